@@ -1,0 +1,63 @@
+"""``airflow-llm``: the provider's command line.
+
+Subcommands import what they need when they run, so ``airflow-llm --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from airflow_llm_provider import __version__
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    """Print what is installed and which LLM the default connection resolves to."""
+    import airflow
+
+    from airflow_llm_provider.get_provider_info import get_provider_info
+    from airflow_llm_provider.hooks.llm import LLMHook
+
+    info = get_provider_info()
+    hook = LLMHook(llm_conn_id=args.conn_id)
+    ok, message = hook.test_connection()
+    report = {
+        "airflow_llm_provider": __version__,
+        "airflow": airflow.__version__,
+        "python": sys.version.split()[0],
+        "llm_conn_id": hook.llm_conn_id,
+        "llm": message if ok else f"unresolved: {message}",
+        "hooks": [m for h in info.get("hooks", []) for m in h["python-modules"]],
+        "plugins": [p["name"] for p in info.get("plugins", [])],
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airflow-llm",
+        description="Run, validate and inspect LLM workflows of airflow-llm-provider.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = commands.add_parser("info", help="show versions and the LLM the default connection resolves to")
+    info.add_argument("--conn-id", default=None, help="LLM connection id (default: pydanticai_default)")
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""LLMHook: pydantic-ai models from the ``pydanticai`` connection that common-ai defines.
+
+One connection serves both packages: the same ``pydanticai_default`` that common-ai's operators
+read (``password`` = API key, ``host`` = base URL, ``extra.model`` = ``"provider:model"``) is what
+our LLM phases use. We resolve it through common-ai's own ``PydanticAIHook`` so both packages
+interpret it identically.
+
+pydantic-ai is imported inside methods only: this module is imported while DAGs are parsed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook, conf
+
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+
+CONFIG_SECTION = "llm_provider"
+TEST_MODEL = "test"
+
+NO_LLM_WARNING = (
+    "No LLM connection %r is configured, so pydantic-ai's offline test model answers instead: its "
+    "output is synthetic, not from a language model. To use a real model, create the connection "
+    '(e.g. AIRFLOW_CONN_PYDANTICAI_DEFAULT=\'{"conn_type": "pydanticai", "password": "<api key>", '
+    '"extra": {"model": "openai:gpt-4o-mini"}}\'), or set [llm_provider] test_model_fallback = False '
+    "to fail instead."
+)
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """What one prompt returned, with the usage the model reported."""
+
+    output: Any
+    model: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    synthetic: bool = False
+    messages: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-safe digest for XCom: no prompts, no message history."""
+        return {
+            "model": self.model,
+            "synthetic": self.synthetic,
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+class LLMHook(BaseHook):
+    """
+    Resolve and call an LLM described by a ``pydanticai`` Airflow connection.
+
+    :param llm_conn_id: connection id; defaults to ``[llm_provider] default_llm_conn_id``
+        (``pydanticai_default``, e.g. from ``AIRFLOW_CONN_PYDANTICAI_DEFAULT``).
+    :param model: ``"provider:model"`` overriding the connection's ``extra.model``; ``"test"``
+        selects pydantic-ai's offline ``TestModel`` explicitly.
+    :param timeout: seconds one model request may take before it fails (and is retried by
+        the HTTP client where the provider allows).
+    """
+
+    conn_name_attr = "llm_conn_id"
+    default_conn_name = "pydanticai_default"
+    hook_name = "LLM (pydantic-ai connection)"
+
+    def __init__(
+        self,
+        llm_conn_id: str | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.llm_conn_id = llm_conn_id or conf.get(
+            CONFIG_SECTION, "default_llm_conn_id", fallback=self.default_conn_name
+        )
+        self.model_override = model
+        self.timeout = timeout
+        self._model: Model | None = None
+        self._model_name: str | None = None
+        self.synthetic = False
+
+    def get_conn(self) -> Model:
+        """Return the pydantic-ai ``Model`` (cached for this hook instance)."""
+        if self._model is None:
+            self._model, self._model_name = self._resolve_model()
+        return self._model
+
+    @property
+    def model_name(self) -> str:
+        self.get_conn()
+        return self._model_name or ""
+
+    def describe(self) -> str:
+        """One line for logs and the UI saying what answers: a real model or the test model."""
+        name = self.model_name
+        if self.synthetic:
+            return f"{name} (offline test model: synthetic answers, no LLM configured)"
+        return f"{name} via connection {self.llm_conn_id!r}"
+
+    def _resolve_model(self) -> tuple[Model, str]:
+        if self.model_override == TEST_MODEL:
+            return self._test_model(), TEST_MODEL
+        try:
+            self.get_connection(self.llm_conn_id)
+        except AirflowNotFoundException:
+            if not conf.getboolean(CONFIG_SECTION, "test_model_fallback", fallback=True):
+                raise AirflowNotFoundException(
+                    f"LLM connection {self.llm_conn_id!r} does not exist. Create it with type "
+                    "'pydanticai' (API key in the password, model such as 'openai:gpt-4o-mini' in "
+                    "extra.model) or point llm_conn_id at an existing one."
+                ) from None
+            self.log.warning(NO_LLM_WARNING, self.llm_conn_id)
+            self.synthetic = True
+            return self._test_model(), TEST_MODEL
+
+        from airflow.providers.common.ai.hooks.pydantic_ai import PydanticAIHook
+
+        delegate = PydanticAIHook(llm_conn_id=self.llm_conn_id, model_id=self.model_override)
+        model = delegate.get_conn()
+        if getattr(model, "model_name", None) == TEST_MODEL or type(model).__name__ == "TestModel":
+            self.synthetic = True
+        name = self.model_override or delegate._get_configured_model_name() or model.model_name
+        return model, str(name)
+
+    @staticmethod
+    def _test_model() -> Model:
+        from pydantic_ai.models.test import TestModel
+
+        return TestModel()
+
+    def run_prompt(
+        self,
+        prompt: str,
+        *,
+        instructions: str | None = None,
+        output_type: Any = str,
+    ) -> LLMResult:
+        """Send one prompt (with optional system instructions) and return the answer and usage."""
+        from pydantic_ai import Agent
+        from pydantic_ai.settings import ModelSettings
+
+        settings = ModelSettings(timeout=self.timeout) if self.timeout else None
+        agent = Agent(self.get_conn(), output_type=output_type, instructions=instructions)
+        run = agent.run_sync(prompt, model_settings=settings)
+        usage = run.usage()
+        return LLMResult(
+            output=run.output,
+            model=self.model_name,
+            requests=usage.requests,
+            input_tokens=usage.input_tokens or 0,
+            output_tokens=usage.output_tokens or 0,
+            synthetic=self.synthetic,
+            messages=run.all_messages(),
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Resolve the model without calling it (no tokens spent)."""
+        try:
+            self.get_conn()
+        except Exception as err:
+            return False, f"{type(err).__name__}: {err}"
+        return True, f"Model resolved: {self.describe()}"
