@@ -149,7 +149,9 @@ class LLMHook(BaseHook):
         settings = ModelSettings(timeout=self.timeout) if self.timeout else None
         agent = Agent(self.get_conn(), output_type=output_type, instructions=instructions)
         run = agent.run_sync(prompt, model_settings=settings)
-        usage = run.usage()
+        usage = run.usage
+        if not hasattr(usage, "requests"):  # a method in older pydantic-ai releases
+            usage = usage()
         return LLMResult(
             output=run.output,
             model=self.model_name,
