@@ -40,7 +40,7 @@ lock: $(UV) ## re-resolve both dependency locks from pyproject.toml
 	    --extra dev --extra ssh --extra celery -o requirements/airflow2.lock
 
 up: install ## Airflow standalone with this provider and dags/ on http://localhost:8080
-	$(VENV)/bin/python -m airflow_llm_provider.devserver
+	$(VENV)/bin/python scripts/airflow_up.py
 
 test: install ## the whole suite on Airflow 3.3 (unit + dag.test + e2e)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
