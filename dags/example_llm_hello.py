@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 
 import pendulum
-
 from airflow.providers.common.compat.sdk import dag, task
 
 log = logging.getLogger(__name__)

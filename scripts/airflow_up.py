@@ -53,7 +53,8 @@ def build_env(home: Path, port: int) -> dict[str, str]:
         env.setdefault("AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL", "30")
         # Let scripts and curl use the REST API with the admin login, as Airflow 3 does.
         env.setdefault(
-            "AIRFLOW__API__AUTH_BACKENDS", "airflow.api.auth.backend.session,airflow.api.auth.backend.basic_auth"
+            "AIRFLOW__API__AUTH_BACKENDS",
+            "airflow.api.auth.backend.session,airflow.api.auth.backend.basic_auth",
         )
     return env
 

@@ -15,9 +15,8 @@ HEAVY_MODULES = ("pydantic_ai", "openai", "hvac", "sqlparse", "paramiko", "openl
 
 
 def test_provider_info_matches_airflow_schema():
-    import jsonschema
-
     import airflow
+    import jsonschema
 
     schema_path = Path(airflow.__file__).parent / "provider_info.schema.json"
     jsonschema.validate(get_provider_info(), json.loads(schema_path.read_text()))
@@ -89,10 +88,7 @@ def test_provider_config_defaults_reach_airflow_config():
 )
 def test_parse_time_imports_stay_cheap(module):
     """What DAG parsing imports must not drag in the LLM, Vault or SQL libraries."""
-    code = (
-        f"import sys, {module}; "
-        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
-    )
+    code = f"import sys, {module}; print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"importing {module} pulled in {result.stdout.strip()}"
@@ -101,9 +97,13 @@ def test_parse_time_imports_stay_cheap(module):
 def test_importtime_report_of_the_package_has_no_heavy_module():
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import airflow_llm_provider"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0
-    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line
+    }
     assert not imported & set(HEAVY_MODULES)
     assert "airflow_llm_provider" in imported

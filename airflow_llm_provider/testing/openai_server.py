@@ -131,7 +131,12 @@ class ScriptedOpenAIServer:
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, responder: Responder | None = None, latency: float = 0.0
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        responder: Responder | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.responder = responder
         self.latency = latency
@@ -149,6 +154,7 @@ class ScriptedOpenAIServer:
     def base_url(self) -> str:
         """What a pydanticai connection's ``host`` (the OpenAI base URL) should be."""
         host, port = self._httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}/v1"
 
     def start(self) -> ScriptedOpenAIServer:
@@ -227,7 +233,9 @@ class ScriptedOpenAIServer:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]}))
+                    self._send(
+                        200, json.dumps({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+                    )
                 else:
                     self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
 
@@ -279,7 +287,9 @@ def _render(reply: Reply, request: RecordedRequest) -> tuple[int, str]:
         return 200, reply.raw_body
     if reply.status >= 400:
         kind = "rate_limit_exceeded" if reply.status == 429 else "server_error"
-        return reply.status, json.dumps({"error": {"message": reply.error_message, "type": kind, "code": kind}})
+        return reply.status, json.dumps(
+            {"error": {"message": reply.error_message, "type": kind, "code": kind}}
+        )
 
     message: dict[str, Any] = {"role": "assistant", "content": reply.content}
     calls = list(reply.tool_calls)

@@ -40,8 +40,9 @@ def test_three_day_backfill_completes(airflow_server):
     airflow_server.unpause(DAG_ID)
     days = ["2026-01-05", "2026-01-06", "2026-01-07"]
     if airflow_server.airflow3:
-        airflow_server.cli("backfill", "create", "--dag-id", DAG_ID,
-                           "--from-date", days[0], "--to-date", days[-1])
+        airflow_server.cli(
+            "backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0], "--to-date", days[-1]
+        )
     else:
         airflow_server.cli("dags", "backfill", "--start-date", days[0], "--end-date", days[-1], DAG_ID)
 
@@ -54,4 +55,6 @@ def test_three_day_backfill_completes(airflow_server):
         finished = airflow_server.wait_for_run(DAG_ID, run["dag_run_id"])
         assert finished["state"] == "success"
         assert finished["run_type"] == "backfill"
-        assert airflow_server.xcom(DAG_ID, run["dag_run_id"], "ask_llm")["day"] == finished["logical_date"][:10]
+        assert (
+            airflow_server.xcom(DAG_ID, run["dag_run_id"], "ask_llm")["day"] == finished["logical_date"][:10]
+        )

@@ -27,7 +27,12 @@ def _launch(home: Path, port: int, log: Path) -> subprocess.Popen:
     else:  # the Airflow 2 suite: the same launcher on that line's interpreter
         command = [sys.executable, str(REPO_ROOT / "scripts" / "airflow_up.py")]
     return subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

@@ -1,0 +1,1041 @@
+"""QubinodeHook: kcli on a Qubinode hypervisor, over SSH (default) or on the Airflow machine.
+
+A ``qubinode`` connection names the hypervisor (``host``, SSH ``login``/``port``/key, as the ssh
+provider understands them, or ``extra.ssh_conn_id`` to reuse an ``ssh`` connection) and how kcli runs
+there (``extra.mode``, ``kcli_path``, ``kcli_client``, ``use_sudo``). Every command is an argument list;
+only when it has to cross SSH is it turned into one shell line, each item quoted with ``shlex.quote``,
+so VM names and parameters never reach a shell unquoted. Host keys are verified by default.
+
+paramiko, wtforms and flask_appbuilder are imported inside functions only: this module is imported
+while DAGs are parsed.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowException, BaseHook
+
+if TYPE_CHECKING:
+    import paramiko
+
+CONN_TYPE = "qubinode"
+DEFAULT_CONN_ID = "qubinode_default"
+MODES = ("ssh", "local")
+HOST_KEY_POLICIES = ("verify", "accept_new")
+DEFAULT_CONN_TIMEOUT = 10
+TEST_CONNECTION_TIMEOUT = 60
+SSH_DEFAULT_PORT = 22
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+STDERR_TAIL = 2000
+
+# -P keys whose values are never logged nor put into exception messages.
+SECRET_PARAM = re.compile(r"pass|secret|token|credential|api_?key|private|auth", re.IGNORECASE)
+PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+TRUE_WORDS = ("true", "yes", "1", "on")
+FALSE_WORDS = ("false", "no", "0", "off")
+
+# The connection form, declaratively (Airflow >= 3.2 reads this from provider info; the hook methods
+# below serve 2.11). ``get_provider_info`` carries the same dict; a test keeps them equal.
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "mode": {
+        "label": "Mode",
+        "schema": {"type": ["string", "null"], "enum": list(MODES), "default": "ssh"},
+        "description": "ssh (default): run kcli on the host over SSH. local: run kcli on the Airflow worker.",
+    },
+    "ssh_conn_id": {
+        "label": "SSH connection id",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. Reuse an existing ssh connection for host, login, port, keys and host key.",
+    },
+    "kcli_path": {
+        "label": "kcli path",
+        "schema": {"type": ["string", "null"], "default": "kcli"},
+        "description": "kcli on the host: a name found on PATH (default kcli) or an absolute path.",
+    },
+    "kcli_client": {
+        "label": "kcli client",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional kcli -C client (from ~/.kcli/config.yml): remote KVM, aws, gcp, azure...",
+    },
+    "use_sudo": {
+        "label": "Use sudo",
+        "schema": {"type": ["string", "null"], "enum": ["auto", "true", "false"], "default": "auto"},
+        "description": "auto (default): sudo -n unless the user is root. true / false.",
+    },
+    "key_file": {
+        "label": "Private key file",
+        "schema": {"type": ["string", "null"]},
+        "description": "SSH private key file on the worker (or the key itself in extra private_key).",
+    },
+    "private_key_passphrase": {
+        "label": "Private key passphrase",
+        "schema": {"type": ["string", "null"], "format": "password"},
+        "description": "Optional passphrase of key_file / private_key.",
+    },
+    "host_key_policy": {
+        "label": "Host key policy",
+        "schema": {"type": ["string", "null"], "enum": list(HOST_KEY_POLICIES), "default": "verify"},
+        "description": "verify (default): an unknown host key is an error. accept_new: trust and record a "
+        "first-seen key (a changed key is still refused).",
+    },
+    "known_hosts": {
+        "label": "known_hosts file",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional known_hosts file to verify against (default ~/.ssh/known_hosts).",
+    },
+    "host_key": {
+        "label": "Host key",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
+    },
+    "pipelines_dir": {
+        "label": "Pipelines directory",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. qubinode-pipelines (kcli-pipelines) checkout on the host.",
+    },
+    "navigator_dir": {
+        "label": "Navigator directory",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. qubinode_navigator checkout on the host.",
+    },
+    "conn_timeout": {
+        "label": "Connect timeout (s)",
+        "schema": {"type": ["integer", "null"], "default": DEFAULT_CONN_TIMEOUT},
+        "description": "Seconds to establish the SSH connection (default 10).",
+    },
+    "cmd_timeout": {
+        "label": "Command timeout (s)",
+        "schema": {"type": ["integer", "null"]},
+        "description": "Optional. Seconds one kcli command may run (default: no limit).",
+    },
+}
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema"],
+    "relabeling": {
+        "host": "Hypervisor host",
+        "login": "SSH user",
+        "password": "SSH password (optional)",
+        "port": "SSH port",
+    },
+    "placeholders": {
+        "host": "hypervisor.example.com",
+        "login": "root",
+        "port": "22",
+        "mode": "ssh",
+        "ssh_conn_id": "localhost_ssh",
+        "kcli_path": "kcli",
+        "kcli_client": "aws",
+        "use_sudo": "auto",
+        "key_file": "/home/airflow/.ssh/id_ed25519",
+        "host_key_policy": "verify",
+        "known_hosts": "~/.ssh/known_hosts",
+        "host_key": "ssh-ed25519 AAAA...",
+        "pipelines_dir": "/opt/qubinode-pipelines",
+        "navigator_dir": "/opt/qubinode_navigator",
+        "conn_timeout": "10",
+        "cmd_timeout": "3600",
+    },
+}
+
+HOOK_CLASS_NAME = "airflow_llm_provider.hooks.qubinode.QubinodeHook"
+HOOK_NAME = "Qubinode (kcli)"
+
+
+def connection_type_info() -> dict[str, Any]:
+    """The ``connection-types`` entry of provider info for ``qubinode`` (a fresh copy)."""
+    return json.loads(
+        json.dumps(
+            {
+                "hook-class-name": HOOK_CLASS_NAME,
+                "connection-type": CONN_TYPE,
+                "hook-name": HOOK_NAME,
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+                "conn-fields": CONN_FIELDS,
+            }
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------ exceptions
+
+
+class QubinodeError(AirflowException):
+    """Base class of everything this hook raises on purpose."""
+
+
+class QubinodeConfigError(QubinodeError, ValueError):
+    """The connection or an argument is invalid (nothing was run)."""
+
+
+class QubinodeConnectionError(QubinodeError):
+    """The hypervisor could not be reached over SSH (refused, timed out, unknown host...)."""
+
+
+class QubinodeHostKeyError(QubinodeConnectionError):
+    """The SSH host key is unknown or does not match: the connection was refused on our side."""
+
+
+class QubinodeAuthenticationError(QubinodeConnectionError):
+    """The SSH server refused our credentials."""
+
+
+class QubinodeCommandError(QubinodeError):
+    """A command ran and failed: carries the command (secrets redacted), exit code and stderr."""
+
+    def __init__(
+        self,
+        command: str,
+        returncode: int | None,
+        stderr: str = "",
+        stdout: str = "",
+        message: str | None = None,
+    ) -> None:
+        self.command = command
+        self.returncode = returncode
+        self.stderr = stderr
+        self.stdout = stdout
+        if message is None:
+            detail = (stderr.strip() or stdout.strip())[-STDERR_TAIL:]
+            message = f"Command failed with exit code {returncode}: {command}"
+            if detail:
+                message += f"\n{detail}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.command, self.returncode, self.stderr, self.stdout, str(self)))
+
+
+class KcliNotFoundError(QubinodeCommandError):
+    """kcli (or sudo) is not installed where the command ran."""
+
+
+class QubinodeVMNotFound(QubinodeError):
+    """The named VM does not exist on the hypervisor."""
+
+    def __init__(self, name: str, where: str = "") -> None:
+        self.name = name
+        super().__init__(f"VM {name!r} not found{' on ' + where if where else ''}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name,))
+
+
+# ------------------------------------------------------------------------------------------ data types
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command returned. ``command`` is the redacted, printable form."""
+
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class QubinodeSettings:
+    """The connection, resolved: everything needed to run a command on the hypervisor."""
+
+    conn_id: str
+    mode: str
+    kcli_path: str
+    kcli_client: str | None
+    use_sudo: bool
+    pipelines_dir: str | None
+    navigator_dir: str | None
+    host: str | None
+    port: int
+    login: str
+    password: str | None
+    key_file: str | None
+    private_key: str | None
+    private_key_passphrase: str | None
+    host_key: str | None
+    known_hosts: str | None
+    host_key_policy: str
+    conn_timeout: float
+    cmd_timeout: float | None
+    ssh_conn_id: str | None
+
+    @property
+    def target(self) -> str:
+        if self.mode == "local":
+            return f"the Airflow machine (as {self.login})"
+        return f"{self.login}@{self.host}:{self.port}"
+
+    def __repr__(self) -> str:  # never print credentials
+        return f"QubinodeSettings(conn_id={self.conn_id!r}, mode={self.mode!r}, target={self.target!r})"
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _extra(extra: Mapping[str, Any], name: str) -> Any:
+    """An extra by name; also accepts the ``extra__qubinode__<name>`` form old UIs stored."""
+    value = extra.get(name)
+    if value is None:
+        value = extra.get(f"extra__{CONN_TYPE}__{name}")
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return None
+    return value
+
+
+def _to_bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise QubinodeConfigError(f"{what} must be true or false, not {value!r}")
+
+
+def _to_float(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise QubinodeConfigError(f"{what} must be a number of seconds, not {value!r}") from None
+    return number if number > 0 else None
+
+
+def check_vm_name(name: Any) -> str:
+    """Refuse names kcli would misread: empty, option-like, or with control characters.
+
+    Anything else (shell metacharacters included) reaches kcli as one literal argv item, quoted with
+    ``shlex.quote`` over SSH; kcli itself decides what it accepts.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise QubinodeConfigError(f"A VM name must be a non-empty string, not {name!r}")
+    if name.startswith("-"):
+        raise QubinodeConfigError(f"VM name {name!r} starts with '-': kcli would read it as an option")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise QubinodeConfigError(f"VM name {name!r} contains a control character")
+    return name
+
+
+def format_param(key: str, value: Any) -> str:
+    """One kcli ``-P key=value`` item. Lists/dicts become JSON (which kcli's YAML parser reads)."""
+    if not isinstance(key, str) or not PARAM_KEY.match(key):
+        raise QubinodeConfigError(f"Invalid kcli parameter name {key!r}")
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float):
+        text = str(value)
+    else:
+        text = json.dumps(value, separators=(",", ":"))
+    if "\n" in text or "\0" in text:
+        raise QubinodeConfigError(f"kcli parameter {key!r} contains a newline or NUL")
+    return f"{key}={text}"
+
+
+def redact(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the values of secret-looking ``-P key=value`` items replaced by ``***``."""
+    out: list[str] = []
+    after_param = False
+    for item in argv:
+        if after_param and "=" in item:
+            key = item.split("=", 1)[0]
+            item = f"{key}=***" if SECRET_PARAM.search(key) else item
+        elif item.startswith("--") and "=" in item and SECRET_PARAM.search(item.split("=", 1)[0]):
+            item = item.split("=", 1)[0] + "=***"
+        out.append(item)
+        after_param = item in ("-P", "--param")
+    return out
+
+
+def parse_json_output(stdout: str, command: str) -> Any:
+    """kcli's ``-o json`` answer; tolerant of warning lines printed before the JSON."""
+    text = stdout.strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    for index, char in enumerate(text):
+        if char in "[{":
+            try:
+                return decoder.raw_decode(text[index:])[0]
+            except ValueError:
+                continue
+    raise QubinodeCommandError(
+        command, 0, stdout=stdout, message=f"kcli did not answer JSON to: {command}\n{text[:500]}"
+    )
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _known_hosts_name(host: str, port: int) -> str:
+    return host if port == SSH_DEFAULT_PORT else f"[{host}]:{port}"
+
+
+# ------------------------------------------------------------------------------------------------ hook
+
+
+class QubinodeHook(BaseHook):
+    """
+    Run kcli on a Qubinode hypervisor described by a ``qubinode`` connection.
+
+    Over SSH (``extra.mode = "ssh"``, the default) the hook connects with paramiko to ``host`` as
+    ``login``, verifying the host key against ``extra.known_hosts`` (default ``~/.ssh/known_hosts``)
+    and/or ``extra.host_key``; ``extra.mode = "local"`` runs kcli on the Airflow worker instead.
+
+    :param qubinode_conn_id: connection id (``qubinode_default``, e.g. from
+        ``AIRFLOW_CONN_QUBINODE_DEFAULT``).
+    :param cmd_timeout: seconds one command may run, overriding ``extra.cmd_timeout``.
+    """
+
+    conn_name_attr = "qubinode_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
+
+    def __init__(
+        self,
+        qubinode_conn_id: str = DEFAULT_CONN_ID,
+        cmd_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.qubinode_conn_id = qubinode_conn_id
+        self._cmd_timeout_override = cmd_timeout
+        self._ssh_client: paramiko.SSHClient | None = None
+
+    # ------------------------------------------------------------------------------ connection form
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form on Airflow 2.x (3.2+ reads ``conn-fields``)."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, PasswordField, StringField
+        from wtforms.validators import NumberRange, Optional
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            types = spec["schema"]["type"]
+            label = lazy_gettext(spec["label"])
+            if "integer" in types:
+                widgets[name] = IntegerField(
+                    label,
+                    widget=BS3TextFieldWidget(),
+                    validators=[Optional(strip_whitespace=True), NumberRange(min=1)],
+                    description=spec["description"],
+                )
+            elif spec["schema"].get("format") == "password":
+                widgets[name] = PasswordField(
+                    label, widget=BS3PasswordFieldWidget(), description=spec["description"]
+                )
+            else:
+                widgets[name] = StringField(
+                    label, widget=BS3TextFieldWidget(), description=spec["description"]
+                )
+        return widgets
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields of the connection form on Airflow 2.x."""
+        return {
+            "hidden_fields": list(UI_FIELD_BEHAVIOUR["hidden-fields"]),
+            "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
+            "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
+        }
+
+    # ------------------------------------------------------------------------------------- settings
+
+    @cached_property
+    def settings(self) -> QubinodeSettings:
+        """The connection resolved once per hook (and the ``ssh_conn_id`` one, if named)."""
+        conn = self.get_connection(self.qubinode_conn_id)
+        extra: dict[str, Any] = dict(conn.extra_dejson or {})
+        mode = (_extra(extra, "mode") or "ssh").lower()
+        if mode not in MODES:
+            raise QubinodeConfigError(
+                f"Connection {self.qubinode_conn_id!r}: extra mode must be one of {MODES}, not {mode!r}"
+            )
+        policy = (_extra(extra, "host_key_policy") or "verify").lower().replace("-", "_")
+        if policy not in HOST_KEY_POLICIES:
+            raise QubinodeConfigError(
+                f"Connection {self.qubinode_conn_id!r}: extra host_key_policy must be one of "
+                f"{HOST_KEY_POLICIES}, not {policy!r} (host key verification cannot be switched off)"
+            )
+
+        host, port, login, password = conn.host, conn.port, conn.login, conn.password
+        ssh_extra: dict[str, Any] = {}
+        ssh_conn_id = _extra(extra, "ssh_conn_id")
+        if ssh_conn_id:
+            ssh_conn = self.get_connection(ssh_conn_id)
+            ssh_extra = dict(ssh_conn.extra_dejson or {})
+            host = ssh_conn.host or host
+            port = ssh_conn.port or port
+            login = ssh_conn.login or login
+            password = ssh_conn.password or password
+            if str(ssh_extra.get("no_host_key_check", "")).lower() == "true" and policy == "verify":
+                self.log.warning(
+                    "SSH connection %r sets no_host_key_check: unknown host keys are accepted and "
+                    "recorded (host_key_policy=accept_new); changed keys are still refused.",
+                    ssh_conn_id,
+                )
+                policy = "accept_new"
+
+        def ssh_setting(name: str) -> Any:
+            value = _extra(ssh_extra, name) if ssh_extra else None
+            return value if value is not None else _extra(extra, name)
+
+        if mode == "local":
+            user = getpass.getuser()
+            is_root = os.geteuid() == 0
+        else:
+            if not host:
+                raise QubinodeConfigError(
+                    f"Connection {self.qubinode_conn_id!r} has no host: set the hypervisor in host, "
+                    "name an ssh connection in extra ssh_conn_id, or set extra mode to 'local'"
+                )
+            user = login or getpass.getuser()
+            is_root = user == "root"
+        use_sudo_raw = _extra(extra, "use_sudo")
+        if use_sudo_raw is None or str(use_sudo_raw).lower() == "auto":
+            use_sudo = not is_root
+        else:
+            use_sudo = _to_bool(use_sudo_raw, f"Connection {self.qubinode_conn_id!r}: extra use_sudo")
+
+        key_file = ssh_setting("key_file")
+        private_key = ssh_setting("private_key")
+        if key_file and private_key:
+            raise QubinodeConfigError(
+                f"Connection {self.qubinode_conn_id!r}: set key_file or private_key, not both"
+            )
+        conn_timeout = _to_float(ssh_setting("conn_timeout"), "conn_timeout") or DEFAULT_CONN_TIMEOUT
+        cmd_timeout = self._cmd_timeout_override
+        if cmd_timeout is None:
+            cmd_timeout = _to_float(_extra(extra, "cmd_timeout"), "cmd_timeout")
+        return QubinodeSettings(
+            conn_id=self.qubinode_conn_id,
+            mode=mode,
+            kcli_path=_extra(extra, "kcli_path") or "kcli",
+            kcli_client=_extra(extra, "kcli_client"),
+            use_sudo=use_sudo,
+            pipelines_dir=_extra(extra, "pipelines_dir"),
+            navigator_dir=_extra(extra, "navigator_dir"),
+            host=host,
+            port=int(port or SSH_DEFAULT_PORT),
+            login=user,
+            password=password or None,
+            key_file=os.path.expanduser(key_file) if key_file else None,
+            private_key=private_key,
+            private_key_passphrase=ssh_setting("private_key_passphrase"),
+            host_key=ssh_setting("host_key"),
+            known_hosts=_extra(extra, "known_hosts"),
+            host_key_policy=policy,
+            conn_timeout=conn_timeout,
+            cmd_timeout=cmd_timeout,
+            ssh_conn_id=ssh_conn_id,
+        )
+
+    @property
+    def use_sudo(self) -> bool:
+        return self.settings.use_sudo
+
+    @property
+    def pipelines_dir(self) -> str | None:
+        return self.settings.pipelines_dir
+
+    @property
+    def navigator_dir(self) -> str | None:
+        return self.settings.navigator_dir
+
+    # ---------------------------------------------------------------------------------- SSH session
+
+    def get_conn(self) -> paramiko.SSHClient | None:
+        """The connected paramiko ``SSHClient`` (cached per hook); ``None`` in local mode."""
+        if self.settings.mode == "local":
+            return None
+        client = self._ssh_client
+        if client is not None:
+            transport = client.get_transport()
+            if transport is not None and transport.is_active():
+                return client
+            client.close()
+        self._ssh_client = self._connect()
+        return self._ssh_client
+
+    def close(self) -> None:
+        if self._ssh_client is not None:
+            self._ssh_client.close()
+            self._ssh_client = None
+
+    def __enter__(self) -> QubinodeHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _known_hosts_file(self) -> Path:
+        return Path(os.path.expanduser(self.settings.known_hosts or "~/.ssh/known_hosts"))
+
+    def _load_pkey(self) -> paramiko.PKey | None:
+        import io
+
+        import paramiko
+
+        s = self.settings
+        if not s.private_key:
+            return None
+        for loader in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+            try:
+                return loader.from_private_key(io.StringIO(s.private_key), password=s.private_key_passphrase)
+            except (paramiko.SSHException, ValueError):
+                continue
+        raise QubinodeConfigError(
+            f"Connection {s.conn_id!r}: extra private_key is not a readable Ed25519, ECDSA or RSA key "
+            "(paste the whole key, BEGIN/END lines included, or use key_file)"
+        )
+
+    def _connect(self) -> paramiko.SSHClient:
+        import paramiko
+
+        s = self.settings
+        assert s.host is not None
+        known_hosts = self._known_hosts_file()
+        name = _known_hosts_name(s.host, s.port)
+        sources = []
+        client = paramiko.SSHClient()
+        if known_hosts.is_file():
+            client.load_host_keys(str(known_hosts))
+            sources.append(str(known_hosts))
+        if not s.known_hosts and Path(SYSTEM_KNOWN_HOSTS).is_file():
+            client.load_system_host_keys(SYSTEM_KNOWN_HOSTS)
+            sources.append(SYSTEM_KNOWN_HOSTS)
+        if s.host_key:
+            parts = s.host_key.split()
+            key_type, key_data = (parts[0], parts[1]) if len(parts) >= 2 else ("ssh-rsa", parts[0])
+            key_classes = {"ssh-ed25519": paramiko.Ed25519Key, "ssh-rsa": paramiko.RSAKey}
+            try:
+                key_class = key_classes.get(key_type) or (
+                    paramiko.ECDSAKey if key_type.startswith("ecdsa-sha2-") else None
+                )
+                if key_class is None:
+                    raise ValueError(f"unsupported key type {key_type!r}")
+                pinned = key_class(data=base64.b64decode(key_data))
+            except Exception as err:
+                raise QubinodeConfigError(
+                    f"Connection {s.conn_id!r}: host_key {s.host_key[:40]!r}... is not a public key "
+                    f"('<type> <base64>', e.g. 'ssh-ed25519 AAAA...'): {err}"
+                ) from None
+            client.get_host_keys().add(name, pinned.get_name(), pinned)
+            sources.append("the connection's host_key")
+        client.set_missing_host_key_policy(self._missing_host_key_policy(known_hosts, sources))
+
+        pkey = self._load_pkey()
+        explicit_credentials = bool(pkey or s.key_file or s.password)
+        target = f"{s.login}@{s.host}:{s.port}"
+        try:
+            client.connect(
+                hostname=s.host,
+                port=s.port,
+                username=s.login,
+                password=s.password,
+                pkey=pkey,
+                key_filename=s.key_file,
+                passphrase=s.private_key_passphrase,
+                timeout=s.conn_timeout,
+                banner_timeout=s.conn_timeout,
+                auth_timeout=s.conn_timeout,
+                look_for_keys=True,
+                allow_agent=not explicit_credentials,
+            )
+        except QubinodeHostKeyError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as err:
+            client.close()
+            raise QubinodeHostKeyError(
+                f"SSH host key mismatch for {name}: the server presented {err.key.get_name()} "
+                f"{_fingerprint(err.key)} but {' and '.join(sources) or 'known_hosts'} expects "
+                f"{_fingerprint(err.expected_key)}. The host may have been reinstalled, or someone is "
+                "intercepting the connection; refusing to connect. If the change is expected, replace "
+                "the entry (ssh-keygen -R) or the connection's host_key."
+            ) from None
+        except paramiko.AuthenticationException as err:
+            client.close()
+            raise QubinodeAuthenticationError(
+                f"SSH authentication refused for {target}: {err} Check the login and the key "
+                f"(key_file / private_key) or password of connection {s.ssh_conn_id or s.conn_id!r}."
+            ) from None
+        except paramiko.SSHException as err:
+            client.close()
+            raise QubinodeConnectionError(f"Cannot connect to {target} over SSH: {err}") from None
+        except OSError as err:  # refused (NoValidConnectionsError), timeout, DNS
+            client.close()
+            if isinstance(err, paramiko.ssh_exception.NoValidConnectionsError):
+                reason = "connection refused (is sshd running, and is the port right?)"
+            elif isinstance(err, TimeoutError):
+                reason = f"timed out after {s.conn_timeout:g}s"
+            else:
+                reason = str(err) or type(err).__name__
+            raise QubinodeConnectionError(f"Cannot connect to {target} over SSH: {reason}") from None
+        return client
+
+    def _missing_host_key_policy(
+        self, known_hosts: Path, sources: list[str]
+    ) -> paramiko.MissingHostKeyPolicy:
+        import paramiko
+
+        hook = self
+        policy = self.settings.host_key_policy
+
+        class _Policy(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+                fingerprint = f"{key.get_name()} {_fingerprint(key)}"
+                if policy == "accept_new":
+                    client.get_host_keys().add(hostname, key.get_name(), key)
+                    try:
+                        known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                        with known_hosts.open("a") as handle:
+                            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+                    except OSError as err:
+                        hook.log.warning("Could not record the host key in %s: %s", known_hosts, err)
+                    hook.log.warning(
+                        "Accepted the new SSH host key of %s (%s) and recorded it in %s "
+                        "(host_key_policy=accept_new).",
+                        hostname,
+                        fingerprint,
+                        known_hosts,
+                    )
+                    return
+                where = " and ".join(sources) or f"{known_hosts} (which does not exist)"
+                raise QubinodeHostKeyError(
+                    f"Unknown SSH host key for {hostname} ({fingerprint}): it is not in {where}. "
+                    f"Verify it, then add it (ssh-keyscan -p {hook.settings.port} {hook.settings.host} >> "
+                    f"{known_hosts}) or pin it in the connection's host_key extra; or set extra "
+                    "host_key_policy to 'accept_new' to trust a host on first use."
+                )
+
+        return _Policy()
+
+    # ----------------------------------------------------------------------------------- run commands
+
+    def kcli_argv(self, *args: Any, json_output: bool = False) -> list[str]:
+        """The kcli argument list for ``args``, with the connection's ``-C`` client and ``-o json``."""
+        s = self.settings
+        argv = [os.path.expanduser(s.kcli_path) if s.mode == "local" else s.kcli_path]
+        if s.kcli_client:
+            argv += ["-C", s.kcli_client]
+        if json_output:
+            argv += ["-o", "json"]
+        argv += [str(a) for a in args]
+        return argv
+
+    def full_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` as it is executed: behind ``sudo -n`` when the connection asks for sudo."""
+        return (["sudo", "-n"] if self.settings.use_sudo else []) + [str(a) for a in argv]
+
+    def command_line(self, argv: Sequence[str]) -> str:
+        """The single shell line sent over SSH: every item quoted with ``shlex.quote``."""
+        return shlex.join(self.full_argv(argv))
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> CommandResult:
+        """Run ``argv`` on the hypervisor (or locally) and return its exit code and output.
+
+        :param check: raise :class:`QubinodeCommandError` on a nonzero exit code.
+        :raises KcliNotFoundError: the program (kcli or sudo) does not exist there; always raised.
+        """
+        s = self.settings
+        full = self.full_argv(argv)
+        shown = shlex.join(redact(full))
+        timeout = timeout if timeout is not None else s.cmd_timeout
+        self.log.info("Running on %s: %s", s.target, shown)
+        if s.mode == "local":
+            result = self._run_local(full, shown, timeout)
+        else:
+            result = self._run_ssh(self.command_line(argv), shown, timeout)
+        program_missing = self._missing_program(result, argv[0] if argv else "")
+        if program_missing:
+            raise KcliNotFoundError(
+                result.command, result.returncode, result.stderr, result.stdout, message=program_missing
+            )
+        if check and result.returncode != 0:
+            raise QubinodeCommandError(result.command, result.returncode, result.stderr, result.stdout)
+        return result
+
+    def _missing_program(self, result: CommandResult, program: str) -> str | None:
+        """A message when the exit says the program (kcli, or sudo) is missing, else ``None``."""
+        if result.returncode not in (1, 126, 127):
+            return None
+        candidates = ["sudo", program] if self.settings.use_sudo else [program]
+        for candidate in candidates:
+            reasons = ("command not found", "not found", "No such file or directory", "Permission denied")
+            if any(f"{candidate}: {reason}" in result.stderr for reason in reasons):
+                return self._not_found_message(candidate, result)
+        if result.returncode == 127 and not self.settings.use_sudo:  # the shell's "not found" code
+            return self._not_found_message(program, result)
+        return None
+
+    def _not_found_message(self, program: str, result: CommandResult) -> str:
+        where = self.settings.target
+        detail = result.stderr.strip()[-300:]
+        if program == "sudo":
+            return (
+                f"sudo not found on {where} (exit {result.returncode}: {detail}). Install sudo, log in "
+                "as root, or set extra use_sudo to false."
+            )
+        return (
+            f"kcli not found: {program!r} is not an executable program on {where} "
+            f"(exit {result.returncode}: {detail}). Install kcli there, or set extra kcli_path to its "
+            "full path (non-interactive SSH sessions do not read ~/.bashrc, so ~/.local/bin may be "
+            "missing from PATH)."
+        )
+
+    def _run_local(self, full: list[str], shown: str, timeout: float | None) -> CommandResult:
+        try:
+            completed = subprocess.run(
+                full, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False
+            )
+        except FileNotFoundError as err:
+            missing = err.filename or full[0]
+            result = CommandResult(shown, 127, "", f"{missing}: No such file or directory")
+            raise KcliNotFoundError(
+                shown, 127, result.stderr, message=self._not_found_message(str(missing), result)
+            ) from None
+        except PermissionError as err:
+            raise KcliNotFoundError(
+                shown, 126, str(err), message=f"Cannot execute {full[0]!r} on {self.settings.target}: {err}"
+            ) from None
+        except subprocess.TimeoutExpired as err:
+            raise QubinodeCommandError(
+                shown,
+                None,
+                _decode(err.stderr),
+                _decode(err.output),
+                message=f"Command timed out after {timeout:g}s: {shown}",
+            ) from None
+        return CommandResult(
+            shown, completed.returncode, _decode(completed.stdout), _decode(completed.stderr)
+        )
+
+    def _run_ssh(self, line: str, shown: str, timeout: float | None) -> CommandResult:
+        import selectors
+
+        client = self.get_conn()
+        assert client is not None
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session(timeout=self.settings.conn_timeout)
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            channel.exec_command(line)
+            channel.shutdown_write()
+            with selectors.DefaultSelector() as selector:
+                selector.register(channel, selectors.EVENT_READ)
+                while True:
+                    while channel.recv_ready():
+                        out += channel.recv(65536)
+                    while channel.recv_stderr_ready():
+                        err += channel.recv_stderr(65536)
+                    done = channel.exit_status_ready() and (channel.eof_received or channel.closed)
+                    if done and not channel.recv_ready() and not channel.recv_stderr_ready():
+                        break
+                    wait = 0.5
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise QubinodeCommandError(
+                                shown,
+                                None,
+                                _decode(bytes(err)),
+                                _decode(bytes(out)),
+                                message=f"Command timed out after {timeout:g}s on "
+                                f"{self.settings.target}: {shown}",
+                            )
+                        wait = min(wait, remaining)
+                    selector.select(wait)
+            returncode = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return CommandResult(shown, returncode, _decode(bytes(out)), _decode(bytes(err)))
+
+    # ------------------------------------------------------------------------------------------ kcli
+
+    def run_kcli(self, *args: Any, json_output: bool = False, timeout: float | None = None) -> Any:
+        """Run ``kcli [-C client] [-o json] *args``; return parsed JSON, or stdout as text.
+
+        :raises QubinodeCommandError: nonzero exit (``KcliNotFoundError`` when kcli is missing).
+        """
+        argv = self.kcli_argv(*args, json_output=json_output)
+        result = self.run(argv, timeout=timeout)
+        if json_output:
+            return parse_json_output(result.stdout, result.command)
+        return result.stdout
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        """``kcli -o json list vm``: one dict per VM (``name``, ``status``, ``ip``, ``image``, ...)."""
+        data = self.run_kcli("list", "vm", json_output=True)
+        if data is None:
+            return []
+        if isinstance(data, dict):  # some kcli versions key VMs by name
+            data = [{"name": k, **v} if isinstance(v, dict) else {"name": k} for k, v in data.items()]
+        if not isinstance(data, list):
+            raise QubinodeCommandError(
+                shlex.join(self.kcli_argv("list", "vm", json_output=True)),
+                0,
+                message=f"kcli list vm answered {type(data).__name__}, not a list",
+            )
+        return [vm for vm in data if isinstance(vm, dict)]
+
+    def get_vm(self, name: str) -> dict[str, Any] | None:
+        """``kcli -o json info vm NAME``; ``None`` when the VM does not exist."""
+        check_vm_name(name)
+        result = self.run(self.kcli_argv("info", "vm", name, json_output=True), check=False)
+        if result.returncode == 0:
+            data = parse_json_output(result.stdout, result.command)
+            if isinstance(data, list):  # defensively: one entry per name asked
+                data = next((d for d in data if isinstance(d, dict) and d.get("name") == name), None)
+            return data or None
+        if "not found" in (result.stderr + result.stdout).lower():
+            return None
+        # kcli's exit 1 may mean "not found" without saying so; the list tells.
+        if any(vm.get("name") == name for vm in self.list_vms()):
+            raise QubinodeCommandError(result.command, result.returncode, result.stderr, result.stdout)
+        return None
+
+    def vm_exists(self, name: str) -> bool:
+        return self.get_vm(name) is not None
+
+    def create_vm(
+        self,
+        name: str,
+        image: str | None = None,
+        profile: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Create VM ``name`` from an image or a profile, unless it exists; return its info.
+
+        Idempotent: an existing VM of that name is returned as is (nothing is created or changed).
+
+        :param params: kcli parameters, each passed as ``-P key=value`` (e.g. ``memory``, ``numcpus``,
+            ``disks`` = ``[10, 20]``, ``nets``, ``start`` = ``False``).
+        :param wait: pass ``--wait`` (kcli waits for cloud-init; needs a usable SSH key on the host).
+        """
+        check_vm_name(name)
+        if image and profile:
+            raise QubinodeConfigError("create_vm takes an image or a profile, not both")
+        existing = self.get_vm(name)
+        if existing is not None:
+            self.log.info("VM %r already exists on %s: not creating it again.", name, self.settings.target)
+            return existing
+        args: list[str] = ["create", "vm"]
+        if image:
+            args += ["-i", image]
+        if profile:
+            args += ["-p", profile]
+        for key, value in (params or {}).items():
+            args += ["-P", format_param(key, value)]
+        if wait:
+            args.append("--wait")
+        args.append(name)
+        self.run_kcli(*args, timeout=timeout)
+        created = self.get_vm(name)
+        if created is None:  # e.g. kcli exits 0 when genisoimage is missing
+            raise QubinodeCommandError(
+                shlex.join(redact(self.kcli_argv(*args))),
+                0,
+                message=f"kcli reported success creating VM {name!r}, but the VM does not exist on "
+                f"{self.settings.target}. Check kcli's output and the hypervisor (e.g. genisoimage).",
+            )
+        return created
+
+    def delete_vm(self, name: str, missing_ok: bool = False) -> bool:
+        """Delete VM ``name`` (always ``-y`` and the explicit name). Return whether it existed.
+
+        :raises QubinodeVMNotFound: the VM does not exist and ``missing_ok`` is false.
+        """
+        check_vm_name(name)
+        if self.get_vm(name) is None:
+            if missing_ok:
+                self.log.info("VM %r does not exist on %s: nothing to delete.", name, self.settings.target)
+                return False
+            raise QubinodeVMNotFound(name, self.settings.target)
+        self.run_kcli("delete", "vm", "-y", name)
+        return True
+
+    def _vm_action(self, verb: str, name: str) -> dict[str, Any]:
+        check_vm_name(name)
+        try:
+            self.run_kcli(verb, "vm", name)
+        except KcliNotFoundError:
+            raise
+        except QubinodeCommandError:
+            if self.get_vm(name) is None:
+                raise QubinodeVMNotFound(name, self.settings.target) from None
+            raise
+        return self.get_vm(name) or {"name": name}
+
+    def start_vm(self, name: str) -> dict[str, Any]:
+        """``kcli start vm NAME``; return the VM's info afterwards."""
+        return self._vm_action("start", name)
+
+    def stop_vm(self, name: str) -> dict[str, Any]:
+        """``kcli stop vm NAME``; return the VM's info afterwards."""
+        return self._vm_action("stop", name)
+
+    def restart_vm(self, name: str) -> dict[str, Any]:
+        """``kcli restart vm NAME``; return the VM's info afterwards."""
+        return self._vm_action("restart", name)
+
+    # ------------------------------------------------------------------------------------------ test
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Reach the host and run ``kcli version``; a message that says what is wrong otherwise."""
+        try:
+            version = self.run_kcli("version", timeout=self.settings.cmd_timeout or TEST_CONNECTION_TIMEOUT)
+        except KcliNotFoundError as err:
+            return False, str(err)
+        except QubinodeCommandError as err:
+            return False, f"kcli failed on {self.settings.target}: {err}"
+        except (QubinodeError, ValueError) as err:
+            return False, str(err)
+        except Exception as err:  # e.g. the connection itself does not exist
+            return False, f"{type(err).__name__}: {err}"
+        finally:
+            self.close()
+        first_line = version.strip().splitlines()[0] if version.strip() else "(no output)"
+        sudo = " via sudo" if self.settings.use_sudo else ""
+        return True, f"kcli answered on {self.settings.target}{sudo}: {first_line}"
+
+
+def _decode(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
