@@ -6,6 +6,7 @@ Subcommands import what they need when they run, so ``airflow-llm --help`` answe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -15,13 +16,21 @@ from airflow_llm_provider import __version__
 
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print what is installed and which LLM the default connection resolves to."""
+    # Airflow and its providers log to stdout; keep stdout for the JSON answer alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        report, ok = _collect_info(args.conn_id)
+    print(json.dumps(report, indent=2))
+    return 0 if ok else 1
+
+
+def _collect_info(conn_id: str | None) -> tuple[dict, bool]:
     import airflow
 
     from airflow_llm_provider.get_provider_info import get_provider_info
     from airflow_llm_provider.hooks.llm import LLMHook
 
     info = get_provider_info()
-    hook = LLMHook(llm_conn_id=args.conn_id)
+    hook = LLMHook(llm_conn_id=conn_id)
     ok, message = hook.test_connection()
     report = {
         "airflow_llm_provider": __version__,
@@ -32,8 +41,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "hooks": [m for h in info.get("hooks", []) for m in h["python-modules"]],
         "plugins": [p["name"] for p in info.get("plugins", [])],
     }
-    print(json.dumps(report, indent=2))
-    return 0 if ok else 1
+    return report, ok
 
 
 def build_parser() -> argparse.ArgumentParser:
