@@ -11,6 +11,7 @@ from typing import Any
 from airflow_llm_provider import __version__
 
 INTEGRATION_LLM = "LLM (pydantic-ai)"
+INTEGRATION_QUBINODE = "Qubinode"
 DOCS_URL = "https://github.com/airflow-llm-provider/airflow-llm-provider/tree/main/docs"
 
 
@@ -30,13 +31,23 @@ def get_provider_info() -> dict[str, Any]:
                 "external-doc-url": f"{DOCS_URL}/llm.md",
                 "tags": ["ai"],
             },
+            {
+                "integration-name": INTEGRATION_QUBINODE,
+                "external-doc-url": f"{DOCS_URL}/qubinode.md",
+                "tags": ["software"],
+            },
         ],
         "hooks": [
             {
                 "integration-name": INTEGRATION_LLM,
                 "python-modules": ["airflow_llm_provider.hooks.llm"],
             },
+            {
+                "integration-name": INTEGRATION_QUBINODE,
+                "python-modules": ["airflow_llm_provider.hooks.qubinode"],
+            },
         ],
+        "connection-types": [QUBINODE_CONNECTION_TYPE],
         "plugins": [
             {
                 "name": "llm_provider",
@@ -72,3 +83,111 @@ def get_provider_info() -> dict[str, Any]:
             },
         },
     }
+
+
+# Declared here, not imported from the hook module: Airflow reads this registry in every process.
+# tests/test_qubinode_hook.py checks it equals QubinodeHook's own form definition.
+QUBINODE_CONNECTION_TYPE: dict[str, Any] = {
+    "hook-class-name": "airflow_llm_provider.hooks.qubinode.QubinodeHook",
+    "connection-type": "qubinode",
+    "hook-name": "Qubinode (kcli)",
+    "ui-field-behaviour": {
+        "hidden-fields": ["schema"],
+        "relabeling": {
+            "host": "Hypervisor host",
+            "login": "SSH user",
+            "password": "SSH password (optional)",
+            "port": "SSH port",
+        },
+        "placeholders": {
+            "host": "hypervisor.example.com",
+            "login": "root",
+            "port": "22",
+            "mode": "ssh",
+            "ssh_conn_id": "localhost_ssh",
+            "kcli_path": "kcli",
+            "kcli_client": "aws",
+            "use_sudo": "auto",
+            "key_file": "/home/airflow/.ssh/id_ed25519",
+            "host_key_policy": "verify",
+            "known_hosts": "~/.ssh/known_hosts",
+            "host_key": "ssh-ed25519 AAAA...",
+            "pipelines_dir": "/opt/qubinode-pipelines",
+            "navigator_dir": "/opt/qubinode_navigator",
+            "conn_timeout": "10",
+            "cmd_timeout": "3600",
+        },
+    },
+    "conn-fields": {
+        "mode": {
+            "label": "Mode",
+            "schema": {"type": ["string", "null"], "enum": ["ssh", "local"], "default": "ssh"},
+            "description": "ssh: kcli on the host over SSH (default); local: on the worker.",
+        },
+        "ssh_conn_id": {
+            "label": "SSH connection id",
+            "schema": {"type": ["string", "null"]},
+            "description": "Optional. Take host, login, port and keys from this ssh connection.",
+        },
+        "kcli_path": {
+            "label": "kcli path",
+            "schema": {"type": ["string", "null"], "default": "kcli"},
+            "description": "kcli on the host: a name on PATH (default kcli) or a full path.",
+        },
+        "kcli_client": {
+            "label": "kcli client",
+            "schema": {"type": ["string", "null"]},
+            "description": "Optional kcli -C client: a remote KVM host, aws, gcp, azure...",
+        },
+        "use_sudo": {
+            "label": "Use sudo",
+            "schema": {"type": ["string", "null"], "enum": ["auto", "true", "false"], "default": "auto"},
+            "description": "auto (default): sudo -n unless the user is root; true; false.",
+        },
+        "key_file": {
+            "label": "Private key file",
+            "schema": {"type": ["string", "null"]},
+            "description": "SSH private key file (or the key itself in extra private_key).",
+        },
+        "private_key_passphrase": {
+            "label": "Private key passphrase",
+            "schema": {"type": ["string", "null"], "format": "password"},
+            "description": "Optional passphrase of key_file / private_key.",
+        },
+        "host_key_policy": {
+            "label": "Host key policy",
+            "schema": {"type": ["string", "null"], "enum": ["verify", "accept_new"], "default": "verify"},
+            "description": "verify: unknown host key is an error; accept_new: trust first use.",
+        },
+        "known_hosts": {
+            "label": "known_hosts file",
+            "schema": {"type": ["string", "null"]},
+            "description": "Optional. Host keys to verify against (default ~/.ssh/known_hosts).",
+        },
+        "host_key": {
+            "label": "Host key",
+            "schema": {"type": ["string", "null"]},
+            "description": "Optional. Pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
+        },
+        "pipelines_dir": {
+            "label": "Pipelines directory",
+            "schema": {"type": ["string", "null"]},
+            "description": "Optional. qubinode-pipelines checkout on the host.",
+        },
+        "navigator_dir": {
+            "label": "Navigator directory",
+            "schema": {"type": ["string", "null"]},
+            "description": "Optional. qubinode_navigator checkout on the host.",
+        },
+        "conn_timeout": {
+            "label": "Connect timeout (s)",
+            "schema": {"type": ["integer", "null"], "default": 10},
+            "description": "Seconds to establish the SSH connection (default 10).",
+        },
+        "cmd_timeout": {
+            "label": "Command timeout (s)",
+            "schema": {"type": ["integer", "null"]},
+            "description": "Optional. Seconds one kcli command may run (default: no limit).",
+        },
+    },
+}

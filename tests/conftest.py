@@ -32,5 +32,6 @@ pytest_plugins = [
     "tests.fixtures.vault",
     "tests.fixtures.slack",
     "tests.fixtures.lineage",
+    "tests.fixtures.sshd",
     "tests.fixtures.airflow_server",
 ]

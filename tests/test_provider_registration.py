@@ -60,7 +60,22 @@ def test_airflow_cli_discovers_the_provider_and_its_connection_types():
     assert hooks.returncode == 0, hooks.stderr
     registered = {row["connection_type"]: row for row in json.loads(hooks.stdout)}
     for conn_type in declared:
-        assert registered[conn_type]["package"] == "airflow-llm-provider"
+        assert registered[conn_type]["package_name"] == "airflow-llm-provider"
+
+
+def test_connection_form_fields_reach_airflow():
+    """The UI's connection form for each of our types: field behaviour and every custom field."""
+    behaviours = _airflow_cli("providers", "behaviours", "-o", "json")
+    assert behaviours.returncode == 0, behaviours.stderr
+    widgets = _airflow_cli("providers", "widgets", "-o", "json")
+    assert widgets.returncode == 0, widgets.stderr
+    with_behaviour = {row["field_behaviours"] for row in json.loads(behaviours.stdout)}
+    widget_names = {row["connection_parameter_name"] for row in json.loads(widgets.stdout)}
+    for entry in get_provider_info()["connection-types"]:
+        conn_type = entry["connection-type"]
+        assert conn_type in with_behaviour
+        for field in entry["conn-fields"]:
+            assert f"extra__{conn_type}__{field}" in widget_names
 
 
 def test_airflow_cli_lists_the_plugin():

@@ -54,32 +54,32 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "mode": {
         "label": "Mode",
         "schema": {"type": ["string", "null"], "enum": list(MODES), "default": "ssh"},
-        "description": "ssh (default): run kcli on the host over SSH. local: run kcli on the Airflow worker.",
+        "description": "ssh: kcli on the host over SSH (default); local: on the worker.",
     },
     "ssh_conn_id": {
         "label": "SSH connection id",
         "schema": {"type": ["string", "null"]},
-        "description": "Optional. Reuse an existing ssh connection for host, login, port, keys and host key.",
+        "description": "Optional. Take host, login, port and keys from this ssh connection.",
     },
     "kcli_path": {
         "label": "kcli path",
         "schema": {"type": ["string", "null"], "default": "kcli"},
-        "description": "kcli on the host: a name found on PATH (default kcli) or an absolute path.",
+        "description": "kcli on the host: a name on PATH (default kcli) or a full path.",
     },
     "kcli_client": {
         "label": "kcli client",
         "schema": {"type": ["string", "null"]},
-        "description": "Optional kcli -C client (from ~/.kcli/config.yml): remote KVM, aws, gcp, azure...",
+        "description": "Optional kcli -C client: a remote KVM host, aws, gcp, azure...",
     },
     "use_sudo": {
         "label": "Use sudo",
         "schema": {"type": ["string", "null"], "enum": ["auto", "true", "false"], "default": "auto"},
-        "description": "auto (default): sudo -n unless the user is root. true / false.",
+        "description": "auto (default): sudo -n unless the user is root; true; false.",
     },
     "key_file": {
         "label": "Private key file",
         "schema": {"type": ["string", "null"]},
-        "description": "SSH private key file on the worker (or the key itself in extra private_key).",
+        "description": "SSH private key file (or the key itself in extra private_key).",
     },
     "private_key_passphrase": {
         "label": "Private key passphrase",
@@ -89,23 +89,22 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     "host_key_policy": {
         "label": "Host key policy",
         "schema": {"type": ["string", "null"], "enum": list(HOST_KEY_POLICIES), "default": "verify"},
-        "description": "verify (default): an unknown host key is an error. accept_new: trust and record a "
-        "first-seen key (a changed key is still refused).",
+        "description": "verify: unknown host key is an error; accept_new: trust first use.",
     },
     "known_hosts": {
         "label": "known_hosts file",
         "schema": {"type": ["string", "null"]},
-        "description": "Optional known_hosts file to verify against (default ~/.ssh/known_hosts).",
+        "description": "Optional. Host keys to verify against (default ~/.ssh/known_hosts).",
     },
     "host_key": {
         "label": "Host key",
         "schema": {"type": ["string", "null"]},
-        "description": "Optional pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
+        "description": "Optional. Pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
     },
     "pipelines_dir": {
         "label": "Pipelines directory",
         "schema": {"type": ["string", "null"]},
-        "description": "Optional. qubinode-pipelines (kcli-pipelines) checkout on the host.",
+        "description": "Optional. qubinode-pipelines checkout on the host.",
     },
     "navigator_dir": {
         "label": "Navigator directory",
@@ -668,7 +667,7 @@ class QubinodeHook(BaseHook):
                 timeout=s.conn_timeout,
                 banner_timeout=s.conn_timeout,
                 auth_timeout=s.conn_timeout,
-                look_for_keys=True,
+                look_for_keys=not explicit_credentials,
                 allow_agent=not explicit_credentials,
             )
         except QubinodeHostKeyError:
