@@ -6,6 +6,7 @@ Every hook, operator, connection type, plugin and config option we ship is decla
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from airflow_llm_provider import __version__
@@ -47,7 +48,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_llm_provider.hooks.qubinode"],
             },
         ],
-        "connection-types": [QUBINODE_CONNECTION_TYPE],
+        "connection-types": [copy.deepcopy(QUBINODE_CONNECTION_TYPE)],
         "plugins": [
             {
                 "name": "llm_provider",
@@ -85,109 +86,113 @@ def get_provider_info() -> dict[str, Any]:
     }
 
 
-# Declared here, not imported from the hook module: Airflow reads this registry in every process.
-# tests/test_qubinode_hook.py checks it equals QubinodeHook's own form definition.
+# The qubinode connection form. Declared here, where Airflow >= 3.2 reads it; QubinodeHook builds
+# its Airflow 2 form widgets from the same dicts, so the two never drift.
+QUBINODE_CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "mode": {
+        "label": "Mode",
+        "schema": {"type": ["string", "null"], "enum": ["ssh", "local"], "default": "ssh"},
+        "description": "ssh: kcli on the host over SSH (default); local: on the worker.",
+    },
+    "ssh_conn_id": {
+        "label": "SSH connection id",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. Take host, login, port and keys from this ssh connection.",
+    },
+    "kcli_path": {
+        "label": "kcli path",
+        "schema": {"type": ["string", "null"], "default": "kcli"},
+        "description": "kcli on the host: a name on PATH (default kcli) or a full path.",
+    },
+    "kcli_client": {
+        "label": "kcli client",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional kcli -C client: a remote KVM host, aws, gcp, azure...",
+    },
+    "use_sudo": {
+        "label": "Use sudo",
+        "schema": {"type": ["string", "null"], "enum": ["auto", "true", "false"], "default": "auto"},
+        "description": "auto (default): sudo -n unless the user is root; true; false.",
+    },
+    "key_file": {
+        "label": "Private key file",
+        "schema": {"type": ["string", "null"]},
+        "description": "SSH private key file (or the key itself in extra private_key).",
+    },
+    "private_key_passphrase": {
+        "label": "Private key passphrase",
+        "schema": {"type": ["string", "null"], "format": "password"},
+        "description": "Optional passphrase of key_file / private_key.",
+    },
+    "host_key_policy": {
+        "label": "Host key policy",
+        "schema": {"type": ["string", "null"], "enum": ["verify", "accept_new"], "default": "verify"},
+        "description": "verify: unknown host key is an error; accept_new: trust first use.",
+    },
+    "known_hosts": {
+        "label": "known_hosts file",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. Host keys to verify against (default ~/.ssh/known_hosts).",
+    },
+    "host_key": {
+        "label": "Host key",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. Pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
+    },
+    "pipelines_dir": {
+        "label": "Pipelines directory",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. qubinode-pipelines checkout on the host.",
+    },
+    "navigator_dir": {
+        "label": "Navigator directory",
+        "schema": {"type": ["string", "null"]},
+        "description": "Optional. qubinode_navigator checkout on the host.",
+    },
+    "conn_timeout": {
+        "label": "Connect timeout (s)",
+        "schema": {"type": ["integer", "null"], "default": 10},
+        "description": "Seconds to establish the SSH connection (default 10).",
+    },
+    "cmd_timeout": {
+        "label": "Command timeout (s)",
+        "schema": {"type": ["integer", "null"]},
+        "description": "Optional. Seconds one kcli command may run (default: no limit).",
+    },
+}
+
+QUBINODE_UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema"],
+    "relabeling": {
+        "host": "Hypervisor host",
+        "login": "SSH user",
+        "password": "SSH password (optional)",
+        "port": "SSH port",
+    },
+    "placeholders": {
+        "host": "hypervisor.example.com",
+        "login": "root",
+        "port": "22",
+        "mode": "ssh",
+        "ssh_conn_id": "localhost_ssh",
+        "kcli_path": "kcli",
+        "kcli_client": "aws",
+        "use_sudo": "auto",
+        "key_file": "/home/airflow/.ssh/id_ed25519",
+        "host_key_policy": "verify",
+        "known_hosts": "~/.ssh/known_hosts",
+        "host_key": "ssh-ed25519 AAAA...",
+        "pipelines_dir": "/opt/qubinode-pipelines",
+        "navigator_dir": "/opt/qubinode_navigator",
+        "conn_timeout": "10",
+        "cmd_timeout": "3600",
+    },
+}
+
 QUBINODE_CONNECTION_TYPE: dict[str, Any] = {
     "hook-class-name": "airflow_llm_provider.hooks.qubinode.QubinodeHook",
     "connection-type": "qubinode",
     "hook-name": "Qubinode (kcli)",
-    "ui-field-behaviour": {
-        "hidden-fields": ["schema"],
-        "relabeling": {
-            "host": "Hypervisor host",
-            "login": "SSH user",
-            "password": "SSH password (optional)",
-            "port": "SSH port",
-        },
-        "placeholders": {
-            "host": "hypervisor.example.com",
-            "login": "root",
-            "port": "22",
-            "mode": "ssh",
-            "ssh_conn_id": "localhost_ssh",
-            "kcli_path": "kcli",
-            "kcli_client": "aws",
-            "use_sudo": "auto",
-            "key_file": "/home/airflow/.ssh/id_ed25519",
-            "host_key_policy": "verify",
-            "known_hosts": "~/.ssh/known_hosts",
-            "host_key": "ssh-ed25519 AAAA...",
-            "pipelines_dir": "/opt/qubinode-pipelines",
-            "navigator_dir": "/opt/qubinode_navigator",
-            "conn_timeout": "10",
-            "cmd_timeout": "3600",
-        },
-    },
-    "conn-fields": {
-        "mode": {
-            "label": "Mode",
-            "schema": {"type": ["string", "null"], "enum": ["ssh", "local"], "default": "ssh"},
-            "description": "ssh: kcli on the host over SSH (default); local: on the worker.",
-        },
-        "ssh_conn_id": {
-            "label": "SSH connection id",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional. Take host, login, port and keys from this ssh connection.",
-        },
-        "kcli_path": {
-            "label": "kcli path",
-            "schema": {"type": ["string", "null"], "default": "kcli"},
-            "description": "kcli on the host: a name on PATH (default kcli) or a full path.",
-        },
-        "kcli_client": {
-            "label": "kcli client",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional kcli -C client: a remote KVM host, aws, gcp, azure...",
-        },
-        "use_sudo": {
-            "label": "Use sudo",
-            "schema": {"type": ["string", "null"], "enum": ["auto", "true", "false"], "default": "auto"},
-            "description": "auto (default): sudo -n unless the user is root; true; false.",
-        },
-        "key_file": {
-            "label": "Private key file",
-            "schema": {"type": ["string", "null"]},
-            "description": "SSH private key file (or the key itself in extra private_key).",
-        },
-        "private_key_passphrase": {
-            "label": "Private key passphrase",
-            "schema": {"type": ["string", "null"], "format": "password"},
-            "description": "Optional passphrase of key_file / private_key.",
-        },
-        "host_key_policy": {
-            "label": "Host key policy",
-            "schema": {"type": ["string", "null"], "enum": ["verify", "accept_new"], "default": "verify"},
-            "description": "verify: unknown host key is an error; accept_new: trust first use.",
-        },
-        "known_hosts": {
-            "label": "known_hosts file",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional. Host keys to verify against (default ~/.ssh/known_hosts).",
-        },
-        "host_key": {
-            "label": "Host key",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional. Pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
-        },
-        "pipelines_dir": {
-            "label": "Pipelines directory",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional. qubinode-pipelines checkout on the host.",
-        },
-        "navigator_dir": {
-            "label": "Navigator directory",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional. qubinode_navigator checkout on the host.",
-        },
-        "conn_timeout": {
-            "label": "Connect timeout (s)",
-            "schema": {"type": ["integer", "null"], "default": 10},
-            "description": "Seconds to establish the SSH connection (default 10).",
-        },
-        "cmd_timeout": {
-            "label": "Command timeout (s)",
-            "schema": {"type": ["integer", "null"]},
-            "description": "Optional. Seconds one kcli command may run (default: no limit).",
-        },
-    },
+    "ui-field-behaviour": QUBINODE_UI_FIELD_BEHAVIOUR,
+    "conn-fields": QUBINODE_CONN_FIELDS,
 }

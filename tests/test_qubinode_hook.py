@@ -29,7 +29,6 @@ from airflow_llm_provider.hooks.qubinode import (
     QubinodeHook,
     QubinodeHostKeyError,
     QubinodeVMNotFound,
-    connection_type_info,
 )
 from tests.fixtures._proc import free_port
 from tests.fixtures.sshd import SshServer
@@ -517,7 +516,9 @@ def test_ui_field_behaviour_is_valid_for_airflow() -> None:
     )
     behaviour = QubinodeHook.get_ui_field_behaviour()
     jsonschema.validate(behaviour, schema)
-    declared = connection_type_info()["ui-field-behaviour"]
+    from airflow_llm_provider.get_provider_info import QUBINODE_CONNECTION_TYPE
+
+    declared = QUBINODE_CONNECTION_TYPE["ui-field-behaviour"]
     assert behaviour == {
         "hidden_fields": declared["hidden-fields"],
         "relabeling": declared["relabeling"],
@@ -525,13 +526,13 @@ def test_ui_field_behaviour_is_valid_for_airflow() -> None:
     }
 
 
-def test_provider_info_declares_the_same_connection_type() -> None:
+def test_provider_info_declares_the_connection_type_of_the_hook() -> None:
     from airflow_llm_provider.get_provider_info import get_provider_info
 
     info = get_provider_info()
-    entries = [c for c in info.get("connection-types", []) if c.get("connection-type") == "qubinode"]
-    if not entries:
-        pytest.skip("get_provider_info does not declare the qubinode connection type yet")
-    assert entries == [connection_type_info()]
+    (entry,) = [c for c in info["connection-types"] if c["connection-type"] == QubinodeHook.conn_type]
+    assert entry["hook-class-name"] == f"{QubinodeHook.__module__}.{QubinodeHook.__name__}"
+    assert entry["hook-name"] == QubinodeHook.hook_name
+    assert set(entry["conn-fields"]) == set(CONN_FIELDS)
     hook_modules = [m for h in info.get("hooks", []) for m in h["python-modules"]]
     assert "airflow_llm_provider.hooks.qubinode" in hook_modules

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook
 
+from airflow_llm_provider.get_provider_info import QUBINODE_CONNECTION_TYPE
+
 if TYPE_CHECKING:
     import paramiko
 
@@ -48,126 +50,11 @@ PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 TRUE_WORDS = ("true", "yes", "1", "on")
 FALSE_WORDS = ("false", "no", "0", "off")
 
-# The connection form, declaratively (Airflow >= 3.2 reads this from provider info; the hook methods
-# below serve 2.11). ``get_provider_info`` carries the same dict; a test keeps them equal.
-CONN_FIELDS: dict[str, dict[str, Any]] = {
-    "mode": {
-        "label": "Mode",
-        "schema": {"type": ["string", "null"], "enum": list(MODES), "default": "ssh"},
-        "description": "ssh: kcli on the host over SSH (default); local: on the worker.",
-    },
-    "ssh_conn_id": {
-        "label": "SSH connection id",
-        "schema": {"type": ["string", "null"]},
-        "description": "Optional. Take host, login, port and keys from this ssh connection.",
-    },
-    "kcli_path": {
-        "label": "kcli path",
-        "schema": {"type": ["string", "null"], "default": "kcli"},
-        "description": "kcli on the host: a name on PATH (default kcli) or a full path.",
-    },
-    "kcli_client": {
-        "label": "kcli client",
-        "schema": {"type": ["string", "null"]},
-        "description": "Optional kcli -C client: a remote KVM host, aws, gcp, azure...",
-    },
-    "use_sudo": {
-        "label": "Use sudo",
-        "schema": {"type": ["string", "null"], "enum": ["auto", "true", "false"], "default": "auto"},
-        "description": "auto (default): sudo -n unless the user is root; true; false.",
-    },
-    "key_file": {
-        "label": "Private key file",
-        "schema": {"type": ["string", "null"]},
-        "description": "SSH private key file (or the key itself in extra private_key).",
-    },
-    "private_key_passphrase": {
-        "label": "Private key passphrase",
-        "schema": {"type": ["string", "null"], "format": "password"},
-        "description": "Optional passphrase of key_file / private_key.",
-    },
-    "host_key_policy": {
-        "label": "Host key policy",
-        "schema": {"type": ["string", "null"], "enum": list(HOST_KEY_POLICIES), "default": "verify"},
-        "description": "verify: unknown host key is an error; accept_new: trust first use.",
-    },
-    "known_hosts": {
-        "label": "known_hosts file",
-        "schema": {"type": ["string", "null"]},
-        "description": "Optional. Host keys to verify against (default ~/.ssh/known_hosts).",
-    },
-    "host_key": {
-        "label": "Host key",
-        "schema": {"type": ["string", "null"]},
-        "description": "Optional. Pinned host public key, e.g. 'ssh-ed25519 AAAA...'.",
-    },
-    "pipelines_dir": {
-        "label": "Pipelines directory",
-        "schema": {"type": ["string", "null"]},
-        "description": "Optional. qubinode-pipelines checkout on the host.",
-    },
-    "navigator_dir": {
-        "label": "Navigator directory",
-        "schema": {"type": ["string", "null"]},
-        "description": "Optional. qubinode_navigator checkout on the host.",
-    },
-    "conn_timeout": {
-        "label": "Connect timeout (s)",
-        "schema": {"type": ["integer", "null"], "default": DEFAULT_CONN_TIMEOUT},
-        "description": "Seconds to establish the SSH connection (default 10).",
-    },
-    "cmd_timeout": {
-        "label": "Command timeout (s)",
-        "schema": {"type": ["integer", "null"]},
-        "description": "Optional. Seconds one kcli command may run (default: no limit).",
-    },
-}
-
-UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema"],
-    "relabeling": {
-        "host": "Hypervisor host",
-        "login": "SSH user",
-        "password": "SSH password (optional)",
-        "port": "SSH port",
-    },
-    "placeholders": {
-        "host": "hypervisor.example.com",
-        "login": "root",
-        "port": "22",
-        "mode": "ssh",
-        "ssh_conn_id": "localhost_ssh",
-        "kcli_path": "kcli",
-        "kcli_client": "aws",
-        "use_sudo": "auto",
-        "key_file": "/home/airflow/.ssh/id_ed25519",
-        "host_key_policy": "verify",
-        "known_hosts": "~/.ssh/known_hosts",
-        "host_key": "ssh-ed25519 AAAA...",
-        "pipelines_dir": "/opt/qubinode-pipelines",
-        "navigator_dir": "/opt/qubinode_navigator",
-        "conn_timeout": "10",
-        "cmd_timeout": "3600",
-    },
-}
-
-HOOK_CLASS_NAME = "airflow_llm_provider.hooks.qubinode.QubinodeHook"
-HOOK_NAME = "Qubinode (kcli)"
-
-
-def connection_type_info() -> dict[str, Any]:
-    """The ``connection-types`` entry of provider info for ``qubinode`` (a fresh copy)."""
-    return json.loads(
-        json.dumps(
-            {
-                "hook-class-name": HOOK_CLASS_NAME,
-                "connection-type": CONN_TYPE,
-                "hook-name": HOOK_NAME,
-                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
-                "conn-fields": CONN_FIELDS,
-            }
-        )
-    )
+# The connection form is declared once, in the provider registry (Airflow >= 3.2 reads it there);
+# the Airflow 2 form methods below are built from the same dicts.
+CONN_FIELDS: dict[str, dict[str, Any]] = QUBINODE_CONNECTION_TYPE["conn-fields"]
+UI_FIELD_BEHAVIOUR: dict[str, Any] = QUBINODE_CONNECTION_TYPE["ui-field-behaviour"]
+HOOK_NAME: str = QUBINODE_CONNECTION_TYPE["hook-name"]
 
 
 # ------------------------------------------------------------------------------------------ exceptions
