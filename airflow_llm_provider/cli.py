@@ -44,6 +44,42 @@ def _collect_info(conn_id: str | None) -> tuple[dict, bool]:
     return report, ok
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    """Check cascade files; problems go to stdout as ``file:line: field: message``, one per line."""
+    from pathlib import Path
+
+    from airflow_llm_provider.cascades.loader import CASCADE_SUFFIXES, check_cascade
+
+    files: list[Path] = []
+    for given in args.paths:
+        path = Path(given)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in CASCADE_SUFFIXES))
+        else:
+            files.append(path)
+    if not files:
+        print("error: no cascade files (*.yaml, *.yml, *.json) found", file=sys.stderr)
+        return 2
+    invalid = 0
+    for path in files:
+        try:
+            result = check_cascade(path)
+        except Exception as exc:  # a bug of ours must still not print a traceback for a user's file
+            print(f"{path}: <document>: internal error while validating: {exc!r}")
+            invalid += 1
+            continue
+        for warning in result.warnings:
+            print(f"{warning} (warning)")
+        for issue in result.issues:
+            print(issue)
+        invalid += result.cascade is None
+    if invalid:
+        print(f"invalid: {invalid} of {len(files)} cascades", file=sys.stderr)
+        return 2
+    print(f"ok: {len(files)} cascades")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-llm",
@@ -55,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show versions and the LLM the default connection resolves to")
     info.add_argument("--conn-id", default=None, help="LLM connection id (default: pydanticai_default)")
     info.set_defaults(handler=_cmd_info)
+
+    validate = commands.add_parser("validate", help="check cascade files (YAML/JSON) strictly")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="cascade file or directory of them")
+    validate.set_defaults(handler=_cmd_validate)
     return parser
 
 

@@ -1,0 +1,318 @@
+"""Load a cascade file (YAML or JSON) into a ``Cascade``, reporting every problem with its line.
+
+Pipeline: read -> compose the YAML node tree (JSON too: it is YAML for our purposes) to map field
+paths to lines -> refuse unsupported Windlass keys and unknown keys (with a suggestion) -> pydantic
+-> semantic checks (``validate.py``). All issues of a file are collected before raising.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from airflow_llm_provider.cascades.errors import CascadeValidationError, ValidationIssue
+from airflow_llm_provider.cascades.refused import REFUSED, WARNED
+from airflow_llm_provider.cascades.spec import Cascade, Phase
+
+log = logging.getLogger(__name__)
+
+FieldPath = tuple[str | int, ...]
+DOCUMENT = "<document>"
+YAML_SUFFIXES = (".yaml", ".yml")
+CASCADE_SUFFIXES = (*YAML_SUFFIXES, ".json")
+
+
+@dataclass
+class CheckResult:
+    """What checking one cascade found: the model (if valid), errors and warnings."""
+
+    file: str
+    cascade: Cascade | None = None
+    issues: list[ValidationIssue] = field(default_factory=list)
+    warnings: list[ValidationIssue] = field(default_factory=list)
+
+
+def format_path(path: FieldPath) -> str:
+    """``('phases', 2, 'handoffs', 0)`` -> ``phases[2].handoffs[0]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or DOCUMENT
+
+
+class _Collector:
+    def __init__(self, file: str, lines: dict[FieldPath, int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.issues: list[ValidationIssue] = []
+        self.warnings: list[ValidationIssue] = []
+
+    def line(self, path: FieldPath) -> int | None:
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def issue(self, path: FieldPath, message: str, *, line: int | None = None) -> None:
+        where = line if line is not None else self.line(path)
+        self.issues.append(ValidationIssue(self.file, where, format_path(path), message))
+
+    def warn(self, path: FieldPath, message: str) -> None:
+        self.warnings.append(ValidationIssue(self.file, self.line(path), format_path(path), message))
+
+
+def load_cascade(source: str | Path | Mapping[str, Any]) -> Cascade:
+    """
+    Parse and strictly validate a cascade from a file path or an in-memory mapping.
+
+    :raises CascadeValidationError: listing every problem found, each with file, line and field
+    """
+    result = check_cascade(source)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    if result.cascade is None:
+        raise CascadeValidationError(result.issues)
+    return result.cascade
+
+
+def check_cascade(source: str | Path | Mapping[str, Any]) -> CheckResult:
+    """Like ``load_cascade`` but returns issues and warnings instead of raising."""
+    if isinstance(source, Mapping):
+        return _check_data(dict(source), _Collector("<dict>", {}))
+    path = Path(source)
+    collector = _Collector(str(path), {})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        collector.issue((), f"cannot read file: {exc}")
+        return _result(collector, None)
+    try:
+        data = _parse(text, path.suffix.lower(), collector)
+    except RecursionError:
+        collector.issue((), "the document nests too deeply")
+    if collector.issues:
+        return _result(collector, None)
+    return _check_data(data, collector)
+
+
+def _result(collector: _Collector, cascade: Cascade | None) -> CheckResult:
+    return CheckResult(collector.file, cascade, collector.issues, collector.warnings)
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _parse(text: str, suffix: str, collector: _Collector) -> Any:
+    import json
+
+    import yaml
+
+    if suffix not in YAML_SUFFIXES:  # .json, or no known extension: strict JSON first
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if suffix == ".json":
+                collector.issue((), f"JSON syntax error: {exc.msg}", line=exc.lineno)
+                return None
+        else:
+            try:
+                _compose(text, collector)  # JSON is YAML for our purposes: this gives line numbers
+            except yaml.YAMLError:
+                collector.lines.clear()
+            return data
+    try:
+        return _compose(text, collector)
+    except yaml.YAMLError as exc:
+        collector.lines.clear()
+        mark = getattr(exc, "problem_mark", None)
+        context_mark = getattr(exc, "context_mark", None)
+        message = f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"
+        if context := getattr(exc, "context", None):
+            started = f" started on line {context_mark.line + 1}" if context_mark is not None else ""
+            message += f" ({context}{started})"
+        collector.issue((), message, line=mark.line + 1 if mark is not None else None)
+        return None
+
+
+def _compose(text: str, collector: _Collector) -> Any:
+    """Construct the first document, recording the line of every key and list item."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_node() if loader.check_node() else None
+        if node is None:
+            return None
+        if not _record_lines(loader, node, (), collector, set()):
+            return None
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _record_lines(loader: Any, node: Any, path: FieldPath, collector: _Collector, active: set[int]) -> bool:
+    """Fill ``collector.lines``; False (with an issue) if an alias makes the document recursive."""
+    import yaml
+
+    collector.lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in active:
+        collector.issue(path, "recursive YAML alias: a cascade must be a tree")
+        return False
+    active = active | {id(node)}
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            if not _record_lines(loader, item, (*path, index), collector, active):
+                return False
+    elif isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                continue
+            key_path = (*path, key if isinstance(key, str) else str(key))
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                collector.issue(key_path, f"duplicate key {key!r}", line=line)
+            seen.add(key)
+            collector.lines[key_path] = line
+            if not _record_lines(loader, value_node, key_path, collector, active):
+                return False
+            collector.lines[key_path] = line
+    return True
+
+
+# -- structure ----------------------------------------------------------------------------------
+
+
+def _check_data(data: Any, collector: _Collector) -> CheckResult:
+    from pydantic import ValidationError
+
+    from airflow_llm_provider.cascades.validate import semantic_issues
+
+    if not isinstance(data, dict):
+        kind = "an empty document" if data is None else f"a {type(data).__name__}"
+        collector.issue((), f"a cascade must be a mapping with `cascade_id` and `phases`, got {kind}")
+        return _result(collector, None)
+    cleaned = _prepass(data, Cascade, (), collector)
+    try:
+        cascade = Cascade.model_validate(cleaned)
+    except RecursionError:
+        collector.issue((), "the document nests too deeply")
+        return _result(collector, None)
+    except ValidationError as exc:
+        _report_pydantic(exc, cleaned, collector)
+        return _result(collector, None)
+    for path, message in semantic_issues(cascade):
+        collector.issue(path, message)
+    return _result(collector, None if collector.issues else cascade)
+
+
+def _allowed_keys(model: type[BaseModel]) -> dict[str, str]:
+    """Key accepted in the file -> attribute name."""
+    return {(info.alias or name): name for name, info in model.model_fields.items()}
+
+
+def _nested_model(annotation: Any) -> tuple[str, type[BaseModel]] | None:
+    """How a field nests a model: ``("one"|"list"|"dict", Model)``, or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "one", annotation
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if (found := _nested_model(arg)) is not None:
+                return found
+    elif origin is list and args and (found := _nested_model(args[0])) and found[0] == "one":
+        return "list", found[1]
+    elif origin is dict and len(args) == 2 and (found := _nested_model(args[1])) and found[0] == "one":
+        return "dict", found[1]
+    return None
+
+
+def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, collector: _Collector) -> dict:
+    """Drop (and report) refused, cosmetic and unknown keys; recurse into nested models."""
+    allowed = _allowed_keys(model)
+    refused = REFUSED.get(model.__name__, {})
+    warned = WARNED.get(model.__name__, {})
+    cleaned: dict[Any, Any] = {}
+    for key, value in data.items():
+        key_path = (*path, str(key))
+        if not isinstance(key, str):
+            collector.issue(key_path, f"keys must be strings, got {key!r}")
+            continue
+        if model is Phase and key == "tool_inputs":
+            if "inputs" in data:
+                collector.issue(key_path, "`tool_inputs` is an alias of `inputs`; set only one")
+                continue
+            for line_path, line in list(collector.lines.items()):
+                if line_path[: len(key_path)] == key_path:
+                    collector.lines[(*path, "inputs", *line_path[len(key_path) :])] = line
+            key = "inputs"
+        if key in refused:
+            collector.issue(key_path, refused[key])
+            continue
+        if key in warned:
+            collector.warn(key_path, warned[key])
+            continue
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(allowed)}"
+            collector.issue(key_path, f"unknown key '{key}'{hint}")
+            continue
+        nested = _nested_model(model.model_fields[allowed[key]].annotation)
+        key_path = (*path, key)
+        if nested is not None:
+            how, child = nested
+            if how == "one" and isinstance(value, dict):
+                value = _prepass(value, child, key_path, collector)
+            elif how == "list" and isinstance(value, list):
+                value = [
+                    _prepass(item, child, (*key_path, index), collector) if isinstance(item, dict) else item
+                    for index, item in enumerate(value)
+                ]
+            elif how == "dict" and isinstance(value, dict):
+                value = {
+                    name: _prepass(item, child, (*key_path, str(name)), collector)
+                    if isinstance(item, dict)
+                    else item
+                    for name, item in value.items()
+                }
+        cleaned[key] = value
+    return cleaned
+
+
+_MESSAGES = {"missing": "required field is missing", "extra_forbidden": "unknown key"}
+
+
+def _report_pydantic(exc: Any, data: Any, collector: _Collector) -> None:
+    """Map pydantic errors onto data paths (skipping union tags) and merge those on one path."""
+    merged: dict[FieldPath, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc", ())
+        path: list[str | int] = []
+        current = data
+        for index, part in enumerate(loc):
+            in_dict = isinstance(current, dict) and part in current
+            in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+            if in_dict or in_list:
+                path.append(part)
+                current = current[part]
+            elif index == len(loc) - 1 and error["type"] in _MESSAGES:
+                path.append(part)
+        message = _MESSAGES.get(error["type"]) or str(error.get("msg", "invalid value"))
+        message = message.removeprefix("Value error, ")
+        messages = merged.setdefault(tuple(path), [])
+        if message not in messages:
+            messages.append(message)
+    for where, messages in merged.items():
+        collector.issue(where, "; or ".join(messages))
