@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import pytest
@@ -10,6 +9,7 @@ from pydantic import BaseModel
 
 from airflow_llm_provider.hooks.llm import LLMHook
 from airflow_llm_provider.testing.openai_server import error, hang, invalid_json, structured, text, tool_call
+from tests.log_capture import capture_hook_log
 
 
 @pytest.fixture
@@ -115,15 +115,14 @@ def test_unscripted_request_fails_loudly(llm_server, llm_conn):
         LLMHook(llm_conn_id=llm_conn).run_prompt("hi")
 
 
-def test_missing_connection_falls_back_to_the_test_model_and_says_so(caplog, capsys):
+def test_missing_connection_falls_back_to_the_test_model_and_says_so(capfd):
     hook = LLMHook(llm_conn_id="does_not_exist")
-    with caplog.at_level(logging.WARNING):
+    with capture_hook_log(hook, capfd) as hook_log:
         result = hook.run_prompt("hi")
     assert result.synthetic is True
     assert result.model == "test"
     assert "offline test model" in hook.describe()
-    # Airflow 3 logs through structlog (stdout), Airflow 2 through logging.
-    logged = caplog.text + capsys.readouterr().out
+    logged = hook_log.text
     assert "No LLM connection 'does_not_exist' is configured" in logged
     assert "warning" in logged.lower()
 

@@ -32,6 +32,7 @@ from airflow_llm_provider.hooks.qubinode import (
 )
 from tests.fixtures._proc import free_port
 from tests.fixtures.sshd import SshServer
+from tests.log_capture import capture_hook_log
 from tests.support.fake_kcli import FakeKcli, install
 
 CONN_ID = "qubinode_test"
@@ -223,7 +224,7 @@ def test_kcli_failure_is_a_clear_error_without_secrets(
 ) -> None:
     hook = qubinode()
     kcli.configure(fail={"create": "libvirt: cannot reach qemu:///system"})
-    with pytest.raises(QubinodeCommandError) as caught:
+    with capture_hook_log(hook, capfd) as hook_log, pytest.raises(QubinodeCommandError) as caught:
         hook.create_vm("rhel-1", image="rhel9", params={"rhnpassword": "s3cr3t-value", "memory": 1024})
     err = caught.value
     assert err.returncode == 1
@@ -231,7 +232,7 @@ def test_kcli_failure_is_a_clear_error_without_secrets(
     assert "exit code 1" in str(err)
     assert "rhnpassword=***" in err.command and "memory=1024" in err.command
     assert "s3cr3t" not in str(err) and "s3cr3t" not in err.command
-    logged = "".join(capfd.readouterr())
+    logged = hook_log.text
     assert "rhnpassword=***" in logged  # the hook logs each command it runs...
     assert "s3cr3t" not in logged  # ...redacted
     # kcli itself did receive the real value.
