@@ -10,13 +10,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, FieldPath, templated_fields
 from airflow_llm_provider.cascades.spec import END, Cascade, Phase
 from airflow_llm_provider.cascades.templates import referenced_phases
 
-FieldPath = tuple[str | int, ...]
 Issue = tuple[FieldPath, str]
 
-CONTEXT_KEYWORDS = frozenset({"all", "first", "previous", "prev"})
 LLM_ONLY = ("model", "tackle", "use_native_tools", "output_schema", "rules", "soundings", "wards")
 TOOL_ONLY = ("inputs", "routing", "on_error", "retry", "timeout")
 _PYTHON_REF = re.compile(r"^python:[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
@@ -125,35 +124,13 @@ def _phase_references(phase: Phase, at: FieldPath, index: int, known: set[str]) 
             yield (*at, "map_over"), "a phase cannot map over its own output"
 
 
-def _strings(value: Any, path: FieldPath) -> Iterator[tuple[FieldPath, str]]:
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, (*path, str(key)))
-    elif isinstance(value, list):
-        for position, item in enumerate(value):
-            yield from _strings(item, (*path, position))
-
-
 def _phase_templates(phase: Phase, at: FieldPath, known: set[str]) -> Iterator[Issue]:
-    texts: list[tuple[FieldPath, str]] = []
-    if phase.instructions is not None and not phase.instructions.startswith("@"):
-        texts.append(((*at, "instructions"), phase.instructions))
-    if phase.rules is not None and phase.rules.retry_instructions is not None:
-        texts.append(((*at, "rules", "retry_instructions"), phase.rules.retry_instructions))
     soundings = phase.soundings
     if soundings is not None:
-        for key in ("evaluator_instructions", "aggregator_instructions", "factor"):
-            value = getattr(soundings, key)
-            if isinstance(value, str):
-                texts.append(((*at, "soundings", key), value))
         active = isinstance(soundings.factor, str) or soundings.factor > 1
         if active and soundings.mode == "evaluate" and not soundings.evaluator_instructions:
             yield (*at, "soundings"), "`evaluator_instructions` is required when soundings evaluate"
-    if phase.inputs is not None:
-        texts.extend(_strings(phase.inputs, (*at, "inputs")))
-    for path, text in texts:
+    for path, text in templated_fields(phase, at):
         yield from _template(text, path, known)
 
 

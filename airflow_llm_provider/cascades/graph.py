@@ -1,0 +1,92 @@
+"""The phase graph of a cascade: which phases read which, and how control moves between them.
+
+Shared by validation, the in-process runner and the DAG renderer, so all three agree on what
+depends on what. Dependencies come from every templated string (via the Jinja AST), from
+``context.from`` and from ``map_over``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from airflow_llm_provider.cascades.spec import Cascade, Phase
+from airflow_llm_provider.cascades.templates import referenced_phases
+
+FieldPath = tuple[str | int, ...]
+CONTEXT_KEYWORDS = frozenset({"all", "first", "previous", "prev"})
+
+
+def strings_in(value: Any, path: FieldPath = ()) -> Iterator[tuple[FieldPath, str]]:
+    """Every string inside nested dicts and lists, with its path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from strings_in(item, (*path, position))
+
+
+def templated_fields(phase: Phase, at: FieldPath = ()) -> list[tuple[FieldPath, str]]:
+    """The phase's strings that are rendered as Jinja, with their field paths."""
+    texts: list[tuple[FieldPath, str]] = []
+    if phase.instructions is not None and not phase.instructions.startswith("@"):
+        texts.append(((*at, "instructions"), phase.instructions))
+    if phase.rules is not None and phase.rules.retry_instructions is not None:
+        texts.append(((*at, "rules", "retry_instructions"), phase.rules.retry_instructions))
+    if phase.soundings is not None:
+        for key in ("evaluator_instructions", "aggregator_instructions", "factor"):
+            value = getattr(phase.soundings, key)
+            if isinstance(value, str):
+                texts.append(((*at, "soundings", key), value))
+    if phase.inputs is not None:
+        texts.extend(strings_in(phase.inputs, (*at, "inputs")))
+    return texts
+
+
+def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
+    """``context.from`` with the keywords all/first/previous resolved by definition order."""
+    if phase.context is None:
+        return []
+    names = [p.name for p in cascade.phases]
+    index = names.index(phase.name)
+    sources: list[str] = []
+    for source in phase.context.from_:
+        keyword = source.lower()
+        if keyword == "all":
+            sources.extend(names[:index])
+        elif keyword == "first":
+            sources.extend(names[:1] if index > 0 else [])
+        elif keyword in ("previous", "prev"):
+            sources.extend(names[index - 1 : index] if index > 0 else [])
+        else:
+            sources.append(source)
+    return list(dict.fromkeys(sources))
+
+
+def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
+    """Phase name -> the phases whose outputs it reads."""
+    graph: dict[str, set[str]] = {}
+    for phase in cascade.phases:
+        needs: set[str] = set(context_sources(cascade, phase))
+        for _, text in templated_fields(phase):
+            needs |= referenced_phases(text)
+        if phase.map_over is not None:
+            needs.add(phase.map_over.split(".", 1)[0])
+        needs.discard(phase.name)
+        graph[phase.name] = needs
+    return graph
+
+
+def is_state_machine(cascade: Cascade) -> bool:
+    """Whether control flows along handoffs/routing (sequential) rather than data dependencies."""
+    return any(p.handoffs or p.routing or p.on_error for p in cascade.phases)
+
+
+def next_in_list(cascade: Cascade, phase: Phase) -> str | None:
+    """The implicit fall-through: the phase defined after ``phase``, if any."""
+    names = [p.name for p in cascade.phases]
+    index = names.index(phase.name)
+    return names[index + 1] if index + 1 < len(names) else None
