@@ -80,6 +80,58 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_input(raw: str | None) -> dict:
+    """``--input`` as inline JSON or ``@file.json``."""
+    from pathlib import Path
+
+    if raw is None:
+        return {}
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("--input must be a JSON object")
+    return value
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run a cascade in-process; JSON result on stdout, progress on stderr.
+
+    Exit codes: 0 success, 1 the run failed, 2 the cascade (or the input) is invalid.
+    """
+    from airflow_llm_provider.cascades import CascadeValidationError, load_cascade
+
+    try:
+        cascade = load_cascade(args.cascade)
+        inputs = _parse_input(args.input)
+    except CascadeValidationError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:
+        print(f"error: --input: {err}", file=sys.stderr)
+        return 2
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    # Airflow and pydantic-ai log to stdout; keep stdout for the JSON answer alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        from airflow_llm_provider.cascades.cache import open_cache
+        from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
+        from airflow_llm_provider.hooks.llm import LLMHook
+
+        hook = LLMHook(llm_conn_id=args.conn_id or cascade.defaults.llm_conn_id, model=args.model)
+        options = RunOptions(
+            model_factory=hook.model_for,
+            model=args.model,
+            declared_price=hook.declared_price(),
+            cache=open_cache(args.cache),
+            on_event=progress,
+        )
+        result = run_cascade(cascade, inputs, options)
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0 if result.status == "success" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-llm",
@@ -95,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check cascade files (YAML/JSON) strictly")
     validate.add_argument("paths", nargs="+", metavar="PATH", help="cascade file or directory of them")
     validate.set_defaults(handler=_cmd_validate)
+
+    run = commands.add_parser("run", help="run a cascade in-process and print its result as JSON")
+    run.add_argument("cascade", metavar="CASCADE", help="cascade file (YAML/JSON)")
+    run.add_argument("--input", default=None, help="input as JSON, or @file.json")
+    run.add_argument("--conn-id", default=None, help="LLM connection id (default: pydanticai_default)")
+    run.add_argument("--model", default=None, help="model for every phase, e.g. openai-chat:gpt-4o-mini")
+    run.add_argument("--cache", default=None, help="phase cache: local, dir:PATH, postgresql://..., conn:ID")
+    run.set_defaults(handler=_cmd_run)
     return parser
 
 

@@ -48,6 +48,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_llm_provider.hooks.qubinode"],
             },
         ],
+        "operators": [
+            {
+                "integration-name": INTEGRATION_LLM,
+                "python-modules": ["airflow_llm_provider.operators.cascade"],
+            },
+        ],
         "connection-types": [copy.deepcopy(QUBINODE_CONNECTION_TYPE)],
         "plugins": [
             {

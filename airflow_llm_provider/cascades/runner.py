@@ -760,9 +760,10 @@ class CascadeRunner:
         return result.output
 
     def _emit(self, line: str) -> None:
-        log.info("%s", line)
         if self.options.on_event is not None:
             self.options.on_event(line)
+        else:
+            log.info("%s", line)
 
 
 class _AttemptRejected(Exception):

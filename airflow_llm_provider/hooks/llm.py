@@ -129,6 +129,30 @@ class LLMHook(BaseHook):
         name = self.model_override or delegate._get_configured_model_name() or model.model_name
         return model, str(name)
 
+    def model_for(self, model: str | None) -> Model:
+        """A model for a cascade phase: ``model`` (e.g. ``"openai-chat:gpt-4o"``) with this
+        connection's credentials and base URL, or the connection's own model when ``None``.
+        This is the cascade engine's model factory."""
+        if model is None or model == self.model_override:
+            return self.get_conn()
+        if model == TEST_MODEL:
+            return self._test_model()
+        cache = self.__dict__.setdefault("_models_by_name", {})
+        if model not in cache:
+            cache[model] = LLMHook(llm_conn_id=self.llm_conn_id, model=model, timeout=self.timeout).get_conn()
+        return cache[model]
+
+    def declared_price(self) -> Any:
+        """The connection's ``extra.price`` ({input_per_mtok, output_per_mtok}) for self-hosted
+        models, as a :class:`~airflow_llm_provider.cascades.usage.ModelPrice`; None if absent."""
+        from airflow_llm_provider.cascades.usage import ModelPrice
+
+        try:
+            extra = self.get_connection(self.llm_conn_id).extra_dejson
+        except AirflowNotFoundException:
+            return None
+        return ModelPrice.from_extra(extra)
+
     @staticmethod
     def _test_model() -> Model:
         from pydantic_ai.models.test import TestModel

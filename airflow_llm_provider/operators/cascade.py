@@ -1,0 +1,152 @@
+"""CascadeOperator: run a whole cascade in one Airflow task.
+
+The cascade file is validated when the DAG is parsed (a broken file is a DAG import error naming
+file, line and field) and run by the pure engine in ``execute``. ``inputs`` is templated by Airflow;
+the cascade body never is: its own ``{{ }}`` templates belong to the engine and are rendered there,
+once, in a sandbox, with Airflow's ``ds``, ``data_interval_start``/``end`` and ``params`` available.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
+
+if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.spec import Cascade
+
+CONTEXT_VARIABLES = (
+    "ds",
+    "ds_nodash",
+    "ts",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "params",
+)
+
+
+class CascadeOperator(BaseOperator):
+    """
+    Run an LLM cascade (YAML/JSON file or dict) as one task.
+
+    :param cascade: path to a cascade file (absolute, or relative to the DAG file's folder), or the
+        cascade as a dict.
+    :param inputs: the cascade's input (templated).
+    :param llm_conn_id: ``pydanticai`` connection; default: the cascade's ``defaults.llm_conn_id``,
+        then ``[llm_provider] default_llm_conn_id``.
+    :param model: model for every phase, overriding the cascade (templated).
+    :param budget: ``{"max_tokens": ..., "max_cost_usd": ...}`` overriding the cascade's budget.
+        A run stopped by its budget fails without Airflow retries: retrying would spend again.
+    :param cache: phase-result cache: ``"local"`` (default), ``"dir:/path"``, ``"postgresql://..."``,
+        ``"conn:<postgres conn id>"`` or ``None``. A task retry resumes after the last finished phase.
+    :param cache_ttl_seconds: opt in to reusing answers across runs (backfills, reruns) for this long;
+        by default answers are only reused within the same DAG run, task and map index.
+    :param tools: registered tools (name -> callable) the cascade may use.
+    :param max_concurrency: LLM calls in flight at once within the task.
+    """
+
+    template_fields: Sequence[str] = ("inputs", "llm_conn_id", "model")
+    template_fields_renderers = {"inputs": "json"}
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        cascade: str | os.PathLike[str] | Mapping[str, Any],
+        inputs: Mapping[str, Any] | None = None,
+        llm_conn_id: str | None = None,
+        model: str | None = None,
+        budget: Mapping[str, Any] | None = None,
+        cache: str | None = "local",
+        cache_ttl_seconds: float | None = None,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        max_concurrency: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cascade = cascade if isinstance(cascade, Mapping) else os.fspath(cascade)
+        self.inputs = dict(inputs or {})
+        self.llm_conn_id = llm_conn_id
+        self.model = model
+        self.budget = dict(budget) if budget else None
+        self.cache = cache
+        self.cache_ttl_seconds = cache_ttl_seconds
+        self.tools = dict(tools or {})
+        self.max_concurrency = max_concurrency
+        # Validate while the DAG is parsed: a broken cascade is an import error, not a failed run.
+        self._load()
+
+    def _cascade_source(self) -> str | Mapping[str, Any]:
+        if isinstance(self.cascade, Mapping):
+            return self.cascade
+        path = Path(self.cascade)
+        if not path.is_absolute() and self.has_dag() and getattr(self.dag, "fileloc", None):
+            path = Path(self.dag.fileloc).parent / path
+        return str(path)
+
+    def _load(self) -> Cascade:
+        from airflow_llm_provider.cascades import load_cascade
+
+        return load_cascade(self._cascade_source())
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.cache import open_cache
+        from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
+        from airflow_llm_provider.cascades.spec import Budget
+        from airflow_llm_provider.hooks.llm import LLMHook
+
+        cascade = self._load()
+        hook = LLMHook(llm_conn_id=self.llm_conn_id or cascade.defaults.llm_conn_id, model=self.model)
+        self.log.info("Cascade %s with %s", cascade.cascade_id, hook.describe())
+        options = RunOptions(
+            model_factory=hook.model_for,
+            model=self.model,
+            tools=self.tools,
+            template_context=_template_context(context),
+            max_concurrency=self.max_concurrency,
+            budget=Budget(**self.budget) if self.budget else None,
+            declared_price=hook.declared_price(),
+            cache=open_cache(self.cache),
+            cache_scope="shared" if self.cache_ttl_seconds else _run_scope(context),
+            cache_max_age_seconds=self.cache_ttl_seconds,
+            on_event=lambda line: self.log.info("%s", line),
+        )
+        result = run_cascade(cascade, self.inputs, options)
+        summary = result.to_dict()
+        summary["usage"]["model"] = hook.model_name
+        summary["usage"]["synthetic"] = hook.synthetic
+        if result.status != "success":
+            message = f"cascade {cascade.cascade_id} failed: {result.error}"
+            if result.budget_exceeded:
+                raise AirflowFailException(message)  # retrying would spend the same money again
+            raise AirflowException(message)
+        return summary
+
+
+def _template_context(context: Any) -> dict[str, Any]:
+    """Airflow's run variables for cascade templates; absent ones (e.g. no logical date on a
+    REST-triggered Airflow 3 run) are left out rather than failing."""
+    values: dict[str, Any] = {}
+    for name in CONTEXT_VARIABLES:
+        value = context.get(name) if hasattr(context, "get") else None
+        if value is None:
+            continue
+        if name == "params":
+            values[name] = dict(value)
+        else:
+            values[name] = value.isoformat() if hasattr(value, "isoformat") else value
+    return values
+
+
+def _run_scope(context: Any) -> str:
+    """Cache scope of one task instance: a retry finds its earlier phases, another run does not."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(ti, "dag_id", "dag")
+    run_id = getattr(ti, "run_id", None) or context.get("run_id", "run")
+    task_id = getattr(ti, "task_id", "task")
+    map_index = getattr(ti, "map_index", -1)
+    return f"{dag_id}/{run_id}/{task_id}/{map_index}"
