@@ -119,9 +119,43 @@ class CascadeResult:
         }
 
 
-def run_cascade(cascade: Cascade, inputs: Mapping[str, Any] | None = None, options: RunOptions | None = None):
+@dataclass
+class PhaseOutcome:
+    """One phase run on its own (a task of a cascade rendered as a DAG)."""
+
+    phase: str
+    output: Any
+    route: str | None
+    usage: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "output": self.output, "route": self.route, "usage": self.usage}
+
+
+def run_cascade(
+    cascade: Cascade, inputs: Mapping[str, Any] | None = None, options: RunOptions | None = None
+) -> CascadeResult:
     """Run ``cascade`` to completion from synchronous code (a new event loop)."""
     return asyncio.run(CascadeRunner(cascade, options).run(inputs or {}))
+
+
+def run_phase(
+    cascade: Cascade,
+    phase: str,
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    options: RunOptions | None = None,
+    *,
+    item: Any = None,
+    item_index: int | None = None,
+) -> PhaseOutcome:
+    """Run one phase given the outputs of the phases before it (e.g. pulled from XCom).
+
+    With ``item``/``item_index`` it runs one element of a ``map_over`` phase. Raises
+    :class:`PhaseFailed` or :class:`BudgetExceeded`.
+    """
+    runner = CascadeRunner(cascade, options)
+    return asyncio.run(runner.run_one(phase, inputs or {}, outputs or {}, item=item, item_index=item_index))
 
 
 class CascadeRunner:
@@ -174,6 +208,35 @@ class CascadeRunner:
             budget_exceeded=budget_exceeded,
             trace=list(self._trace),
         )
+
+    async def run_one(
+        self,
+        name: str,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        *,
+        item: Any = None,
+        item_index: int | None = None,
+    ) -> PhaseOutcome:
+        self._input = dict(inputs)
+        for source, output in outputs.items():
+            self._store(source, output)
+        phase = self.cascade.phase(name)
+        if item_index is None:
+            output, route = await self._run_phase(phase)
+        else:
+            extra = {"item": item, "item_index": item_index}
+            self._visits[name] = 1
+            try:
+                if phase.kind == "tool":
+                    output, route = await self._run_tool_phase(phase, extra)
+                else:
+                    output, route = await self._run_llm_phase(phase, extra, label=f"[{item_index}]")
+            except (PhaseFailed, BudgetExceeded):
+                raise
+            except Exception as err:
+                raise PhaseFailed(name, _describe(err)) from err
+        return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
 
     # -- control flow -----------------------------------------------------------------------
     async def _run_state_machine(self) -> Any:

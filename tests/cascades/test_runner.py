@@ -429,3 +429,33 @@ def test_function_model_for_pure_unit_tests():
     result = run_cascade(spec, {"name": "Ada"}, RunOptions(model_factory=lambda name: FunctionModel(answer)))
     assert result.final == "scripted"
     assert "Say hi to Ada." in str(seen[0])
+
+
+def test_run_phase_alone_with_outputs_from_elsewhere(llm_server):
+    """What a per-phase Airflow task does: earlier outputs come in (from XCom), one phase runs."""
+    from airflow_llm_provider.cascades.runner import run_phase
+
+    llm_server.script(text("summary of item 2"))
+    spec = cascade(
+        phases=[
+            {"name": "load", "tool": "python:json.loads", "inputs": {"s": "[1, 2, 3]"}},
+            {
+                "name": "summarize",
+                "instructions": "Summarize item {{ item }} of {{ outputs.load | length }}.",
+                "map_over": "load",
+            },
+        ]
+    )
+    outcome = run_phase(
+        spec,
+        "summarize",
+        {},
+        {"load": [1, 2, 3]},
+        RunOptions(model_factory=server_models(llm_server)),
+        item=2,
+        item_index=1,
+    )
+    assert outcome.output == "summary of item 2"
+    assert outcome.usage["requests"] == 1
+    assert llm_server.requests[0].text_of("system") == "Summarize item 2 of 3."
+    assert "## Item\n2" in llm_server.requests[0].text_of("user")
