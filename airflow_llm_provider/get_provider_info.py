@@ -54,6 +54,9 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_llm_provider.operators.cascade"],
             },
         ],
+        "task-decorators": [
+            {"name": "cascade", "class-name": "airflow_llm_provider.decorators.cascade.cascade_task"},
+        ],
         "connection-types": [copy.deepcopy(QUBINODE_CONNECTION_TYPE)],
         "plugins": [
             {
