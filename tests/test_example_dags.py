@@ -70,3 +70,54 @@ def test_support_triage_maps_one_cascade_per_ticket(dag_runner, llm_server, airf
         assert answer["usage"]["requests"] == 5  # classify + 3 drafts + evaluator
         drafts = [r for r in llm_server.requests if f"reply to {customer}" in r.text_of("system")]
         assert len(drafts) == 3
+
+
+def _transcript_responder(request):
+    from airflow_llm_provider.testing.openai_server import structured
+
+    system = request.text_of("system")
+    if "You analyse B2B sales calls" in system:
+        return structured(
+            {
+                "topic": "pricing",
+                "concerns": ["billing cadence"],
+                "next_step": "send a quote",
+                "sentiment": "positive",
+            }
+        )
+    return structured({"score": 72, "reason": "clear next step"})
+
+
+def test_transcript_insights_daily_batch(dag_runner, llm_server, airflow_conn, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("ALP_REPORTS_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_LLM_CACHE_DIR", str(tmp_path / "cache"))
+    airflow_conn("pydanticai_default", llm_server.connection(model="gpt-4o-mini"))
+    llm_server.responder = _transcript_responder
+
+    result = dag_runner(
+        load_dag("example_transcript_insights"), logical_date=pendulum.datetime(2026, 1, 4, tz="UTC")
+    )
+
+    from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
+
+    assert result.state == "success", result.task_states
+    # A manual run's data interval: Airflow 3 starts it at the logical date (the DAG then covers
+    # that day); Airflow 2 infers the schedule interval that ends there (the day before).
+    day = "2026-01-04" if AIRFLOW_V_3_0_PLUS else "2026-01-03"
+    assert [p.name for p in (tmp_path / "transcript_insights").iterdir()] == [f"{day}.json"]
+    report = json.loads((tmp_path / "transcript_insights" / f"{day}.json").read_text())
+    assert report["calls"] == 3
+    assert [row["id"] for row in report["rows"]] == [f"call-{day}-{n}" for n in (1, 2, 3)]
+    assert report["average_score"] == 72
+    assert report["synthetic"] is False
+    assert len(llm_server.requests) == 6  # 3 calls x (extract + score)
+    customers = {row["customer"] for row in report["rows"]}
+    extracts = [
+        r.text_of("system")
+        for r in llm_server.requests
+        if "You analyse B2B sales calls" in r.text_of("system")
+    ]
+    assert len(extracts) == 3
+    assert all(any(customer in text for text in extracts) for customer in customers)

@@ -169,6 +169,8 @@ class CascadeRunner:
         self.cascade_hash = content_hash(cascade.model_dump(mode="json", by_alias=True))
         self._models: dict[str | None, Model] = {}
         self._env = sandboxed_environment()
+        self._templates: dict[str, Any] = {}
+        self._expressions: dict[str, Any] = {}
         self._outputs: dict[str, Any] = {}
         self._state: dict[str, Any] = {}
         self._trace: list[PhaseRun] = []
@@ -343,7 +345,10 @@ class CascadeRunner:
     def render(self, text: str, extra: Mapping[str, Any] | None = None) -> str:
         if not is_template(text):
             return text
-        return self._env.from_string(text).render(self._variables(extra))
+        template = self._templates.get(text)
+        if template is None:  # compile each template once per run, not once per render
+            template = self._templates[text] = self._env.from_string(text)
+        return template.render(self._variables(extra))
 
     def _render_value(self, value: Any, extra: Mapping[str, Any] | None) -> Any:
         """Render tool inputs. A value that is one ``{{ expression }}`` keeps its native type
@@ -353,7 +358,10 @@ class CascadeRunner:
                 return value
             single = _SINGLE_EXPRESSION.match(value)
             if single is not None:
-                return self._env.compile_expression(single.group(1))(**self._variables(extra))
+                expression = self._expressions.get(value)
+                if expression is None:
+                    expression = self._expressions[value] = self._env.compile_expression(single.group(1))
+                return expression(**self._variables(extra))
             rendered = self.render(value, extra)
             if rendered[:1] in '{["' or rendered in ("true", "false", "null"):
                 try:
