@@ -132,6 +132,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.status == "success" else 1
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    """Print the task graph a cascade renders to as a DAG; no Airflow DB (nor Airflow) needed.
+
+    Exit codes: 0 rendered, 2 the cascade is invalid (``file:line: field: message`` on stdout).
+    """
+    from airflow_llm_provider.cascade_dags import dag_id_for, describe_plan, plan_cascade
+    from airflow_llm_provider.cascades.loader import check_cascade
+
+    try:
+        result = check_cascade(args.cascade)
+    except Exception as exc:  # a bug of ours must still not print a traceback for a user's file
+        print(f"{args.cascade}: <document>: internal error while validating: {exc!r}")
+        return 2
+    for warning in result.warnings:
+        print(f"{warning} (warning)")
+    if result.cascade is None:
+        for issue in result.issues:
+            print(issue)
+        print(f"invalid: {args.cascade}", file=sys.stderr)
+        return 2
+    try:
+        plan = plan_cascade(result.cascade, dag_id_for(result.cascade, args.dag_id_prefix))
+    except ValueError as exc:
+        print(f"{args.cascade}: <document>: cannot render as a DAG: {exc}")
+        return 2
+    print(describe_plan(plan, result.cascade))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="airflow-llm",
@@ -155,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help="model for every phase, e.g. openai-chat:gpt-4o-mini")
     run.add_argument("--cache", default=None, help="phase cache: local, dir:PATH, postgresql://..., conn:ID")
     run.set_defaults(handler=_cmd_run)
+
+    render = commands.add_parser("render", help="print the task graph a cascade renders to as a DAG")
+    render.add_argument("cascade", metavar="CASCADE", help="cascade file (YAML/JSON)")
+    render.add_argument(
+        "--dag-id-prefix", default="cascade_", help="prefix of DAG ids without airflow.dag_id"
+    )
+    render.set_defaults(handler=_cmd_render)
     return parser
 
 

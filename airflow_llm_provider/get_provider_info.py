@@ -51,7 +51,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": INTEGRATION_LLM,
-                "python-modules": ["airflow_llm_provider.operators.cascade"],
+                "python-modules": [
+                    "airflow_llm_provider.operators.cascade",
+                    "airflow_llm_provider.operators.cascade_phase",
+                ],
             },
         ],
         "task-decorators": [

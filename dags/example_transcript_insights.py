@@ -15,7 +15,9 @@ Every day:
 report. A task retry resumes from the phase cache, so finished phases are not paid twice.
 
 Try a backfill over the sample days: `airflow backfill create --dag-id example_transcript_insights
---from-date 2026-01-01 --to-date 2026-01-03` (Airflow 2: `airflow dags backfill -s ... -e ...`).
+--from-date 2026-01-01 --to-date 2026-01-03`. On Airflow 2, `airflow dags backfill` deadlocks on
+dynamically mapped tasks (apache/airflow#33994); create the runs for the scheduler instead, e.g.
+`airflow dags trigger -e 2026-01-02 example_transcript_insights` (a run at D covers the day before D).
 
 **No LLM configured?** pydantic-ai's offline *test model* answers with synthetic data, and the task
 log says so. Set `AIRFLOW_CONN_PYDANTICAI_DEFAULT` to use a real model.

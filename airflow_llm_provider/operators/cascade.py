@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.runner import RunOptions
     from airflow_llm_provider.cascades.spec import Cascade
+    from airflow_llm_provider.hooks.llm import LLMHook
 
 CONTEXT_VARIABLES = (
     "ds",
@@ -94,27 +96,10 @@ class CascadeOperator(BaseOperator):
         return load_cascade(self._cascade_source())
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_llm_provider.cascades.cache import open_cache
-        from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
-        from airflow_llm_provider.cascades.spec import Budget
-        from airflow_llm_provider.hooks.llm import LLMHook
+        from airflow_llm_provider.cascades.runner import run_cascade
 
         cascade = self._load()
-        hook = LLMHook(llm_conn_id=self.llm_conn_id or cascade.defaults.llm_conn_id, model=self.model)
-        self.log.info("Cascade %s with %s", cascade.cascade_id, hook.describe())
-        options = RunOptions(
-            model_factory=hook.model_for,
-            model=self.model,
-            tools=self.tools,
-            template_context=_template_context(context),
-            max_concurrency=self.max_concurrency,
-            budget=Budget(**self.budget) if self.budget else None,
-            declared_price=hook.declared_price(),
-            cache=open_cache(self.cache),
-            cache_scope="shared" if self.cache_ttl_seconds else _run_scope(context),
-            cache_max_age_seconds=self.cache_ttl_seconds,
-            on_event=lambda line: self.log.info("%s", line),
-        )
+        options, hook = run_options_for(self, cascade, context)
         result = run_cascade(cascade, self.inputs, options)
         summary = result.to_dict()
         summary["usage"]["model"] = hook.model_name
@@ -127,7 +112,34 @@ class CascadeOperator(BaseOperator):
         return summary
 
 
-def _template_context(context: Any) -> dict[str, Any]:
+def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptions, LLMHook]:
+    """How a task runs (part of) a cascade: models and prices from its LLM connection, Airflow's
+    run variables for templates, its budget, and a phase cache scoped to this task instance (or
+    shared across runs when ``cache_ttl_seconds`` opts in)."""
+    from airflow_llm_provider.cascades.cache import open_cache
+    from airflow_llm_provider.cascades.runner import RunOptions
+    from airflow_llm_provider.cascades.spec import Budget
+    from airflow_llm_provider.hooks.llm import LLMHook
+
+    hook = LLMHook(llm_conn_id=task.llm_conn_id or cascade.defaults.llm_conn_id, model=task.model)
+    task.log.info("Cascade %s with %s", cascade.cascade_id, hook.describe())
+    options = RunOptions(
+        model_factory=hook.model_for,
+        model=task.model,
+        tools=task.tools,
+        template_context=template_context(context),
+        max_concurrency=task.max_concurrency,
+        budget=Budget(**task.budget) if task.budget else None,
+        declared_price=hook.declared_price(),
+        cache=open_cache(task.cache),
+        cache_scope="shared" if task.cache_ttl_seconds else run_scope(context),
+        cache_max_age_seconds=task.cache_ttl_seconds,
+        on_event=lambda line: task.log.info("%s", line),
+    )
+    return options, hook
+
+
+def template_context(context: Any) -> dict[str, Any]:
     """Airflow's run variables for cascade templates; absent ones (e.g. no logical date on a
     REST-triggered Airflow 3 run) are left out rather than failing."""
     values: dict[str, Any] = {}
@@ -142,7 +154,7 @@ def _template_context(context: Any) -> dict[str, Any]:
     return values
 
 
-def _run_scope(context: Any) -> str:
+def run_scope(context: Any) -> str:
     """Cache scope of one task instance: a retry finds its earlier phases, another run does not."""
     ti = context.get("ti") or context.get("task_instance")
     dag_id = getattr(ti, "dag_id", "dag")

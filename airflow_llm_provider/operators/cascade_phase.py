@@ -1,0 +1,267 @@
+"""The operators of a cascade rendered as a DAG: one task per phase, plus small helper steps.
+
+- :class:`CascadePhaseOperator` runs one phase with the engine's ``run_phase``. Its XCom return value
+  is ``{"phase", "output", "route", "usage"}`` (``PhaseOutcome.to_dict()`` plus ``usage.model`` and
+  ``usage.synthetic``). The outputs of the phases it reads are pulled from the XCom of their tasks.
+- :class:`CascadeItemsOperator` extracts the list a ``map_over`` phase is mapped over.
+- :class:`CascadeCollectOperator` reduces the mapped instances into one output, in item order.
+- :class:`CascadeRouteOperator` is the branch step after a phase with several possible successors.
+
+Nothing heavy is imported here: the engine and pydantic-ai load inside ``execute``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    BaseBranchOperator,
+    BaseOperator,
+)
+
+from airflow_llm_provider.operators.cascade import CascadeOperator
+
+if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.spec import Cascade
+
+_LOADED: dict[tuple[str, int], Cascade] = {}
+
+
+def load_cascade_cached(source: str | Mapping[str, Any]) -> Cascade:
+    """Validate a cascade file once per process and modification time (every task of a rendered DAG
+    names the same file; parsing the DAG must not validate it once per phase)."""
+    from airflow_llm_provider.cascades import load_cascade
+
+    if isinstance(source, Mapping):
+        return load_cascade(source)
+    path = str(Path(source).resolve())
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED[key] = load_cascade(path)
+    return _LOADED[key]
+
+
+def remember_cascade(path: str, cascade: Cascade) -> None:
+    """Seed the cache with a cascade that was just validated (by the DAG loader)."""
+    resolved = str(Path(path).resolve())
+    _LOADED[(resolved, os.stat(resolved).st_mtime_ns)] = cascade
+
+
+def run_input(context: Any) -> dict[str, Any]:
+    """The cascade input of a rendered DAG: the run's ``params`` overlaid with ``dag_run.conf``."""
+    values: dict[str, Any] = {}
+    params = context.get("params")
+    if params:
+        values.update({key: params[key] for key in params})
+    dag_run = context.get("dag_run")
+    conf = getattr(dag_run, "conf", None)
+    if isinstance(conf, Mapping):
+        values.update(conf)
+    return values
+
+
+def _output_of(value: Any) -> Any:
+    if isinstance(value, Mapping) and "output" in value and "phase" in value:
+        return value["output"]
+    return value
+
+
+class CascadePhaseOperator(BaseOperator):
+    """
+    Run one phase of a cascade (a task of a cascade rendered as a DAG).
+
+    :param cascade: path to the cascade file (absolute, or relative to the DAG file), or a dict.
+    :param phase: the phase to run.
+    :param pulls: phase name -> task id whose XCom carries that phase's output; pulled before the
+        phase runs. A task that did not run (a skipped branch) is left out, as in the engine.
+    :param inputs: the cascade input (templated); default: the run's ``params`` overlaid with
+        ``dag_run.conf``.
+    :param map_item: the item of a ``map_over`` phase (set by ``.expand(map_item=...)``); the map
+        index is the item index.
+    :param mapped: whether this task is one instance of a mapped phase.
+    :param llm_conn_id: ``pydanticai`` connection; default: the cascade's ``defaults.llm_conn_id``.
+    :param model: model for every phase, overriding the cascade (templated).
+    :param budget: overrides the cascade's budget; it applies to this task alone.
+    :param cache: phase cache as for ``CascadeOperator``; the key is scoped to the task instance.
+    :param cache_ttl_seconds: opt in to sharing answers across runs for this long.
+    :param tools: registered tools (name -> callable) the phase may use.
+    :param max_concurrency: LLM calls in flight at once within the task (soundings).
+    """
+
+    template_fields: Sequence[str] = ("inputs", "llm_conn_id", "model")
+    template_fields_renderers = {"inputs": "json"}
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        cascade: str | os.PathLike[str] | Mapping[str, Any],
+        phase: str,
+        pulls: Mapping[str, str] | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        map_item: Any = None,
+        mapped: bool = False,
+        llm_conn_id: str | None = None,
+        model: str | None = None,
+        budget: Mapping[str, Any] | None = None,
+        cache: str | None = "local",
+        cache_ttl_seconds: float | None = None,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        max_concurrency: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cascade = cascade if isinstance(cascade, Mapping) else os.fspath(cascade)
+        self.phase = phase
+        self.pulls = dict(pulls or {})
+        self.inputs = dict(inputs) if inputs is not None else None
+        self.map_item = map_item
+        self.mapped = mapped
+        self.llm_conn_id = llm_conn_id
+        self.model = model
+        self.budget = dict(budget) if budget else None
+        self.cache = cache
+        self.cache_ttl_seconds = cache_ttl_seconds
+        self.tools = dict(tools or {})
+        self.max_concurrency = max_concurrency
+        self._load().phase(phase)  # parse time: a broken file or unknown phase is an import error
+
+    def _cascade_source(self) -> str | Mapping[str, Any]:
+        if isinstance(self.cascade, Mapping):
+            return self.cascade
+        path = Path(self.cascade)
+        if not path.is_absolute() and self.has_dag() and getattr(self.dag, "fileloc", None):
+            path = Path(self.dag.fileloc).parent / path
+        return str(path)
+
+    def _load(self) -> Cascade:
+        return load_cascade_cached(self._cascade_source())
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.runner import PhaseFailed, run_phase
+        from airflow_llm_provider.cascades.usage import BudgetExceeded
+        from airflow_llm_provider.operators.cascade import run_options_for
+
+        cascade = self._load()
+        ti = context["ti"]
+        outputs: dict[str, Any] = {}
+        for name, task_id in self.pulls.items():
+            value = ti.xcom_pull(task_ids=task_id, map_indexes=-1)
+            if value is not None:
+                outputs[name] = _output_of(value)
+        inputs = self.inputs if self.inputs is not None else run_input(context)
+        options, hook = run_options_for(self, cascade, context)
+        item_index = getattr(ti, "map_index", -1) if self.mapped else None
+        if item_index is not None:
+            self.log.info("Phase %s, item %s", self.phase, item_index)
+        try:
+            outcome = run_phase(
+                cascade,
+                self.phase,
+                inputs,
+                outputs,
+                options,
+                item=self.map_item if self.mapped else None,
+                item_index=item_index,
+            )
+        except BudgetExceeded as err:
+            raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
+        except PhaseFailed as err:
+            raise AirflowException(f"cascade {cascade.cascade_id}: {err}") from err
+        result = outcome.to_dict()
+        result["usage"]["model"] = hook.model_name
+        result["usage"]["synthetic"] = hook.synthetic
+        return result
+
+
+class CascadeWholeRunOperator(CascadeOperator):
+    """``CascadeOperator`` whose input defaults to the run's ``params`` overlaid with
+    ``dag_run.conf``: a cascade that cannot be a DAG (a loop) rendered as one task."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        self.inputs = {**run_input(context), **self.inputs}
+        return super().execute(context)
+
+
+class CascadeItemsOperator(BaseOperator):
+    """The list a ``map_over: phase[.key.path]`` phase is mapped over, from that phase's XCom."""
+
+    ui_color = "#f1f3f4"
+
+    def __init__(self, *, source_task_id: str, map_over: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source_task_id = source_task_id
+        self.map_over = map_over
+
+    def execute(self, context: Any) -> list[Any]:
+        items: Any = _output_of(context["ti"].xcom_pull(task_ids=self.source_task_id, map_indexes=-1))
+        _, _, key_path = self.map_over.partition(".")
+        for key in filter(None, key_path.split(".")):
+            items = items.get(key) if isinstance(items, Mapping) else None
+        if not isinstance(items, list):
+            raise AirflowException(f"map_over '{self.map_over}' is {type(items).__name__}, not a list")
+        self.log.info("map_over %s: %d items", self.map_over, len(items))
+        return items
+
+
+class CascadeCollectOperator(BaseOperator):
+    """The reduce step of a mapped phase: the outputs of its instances as one list, in item order."""
+
+    template_fields: Sequence[str] = ("results",)
+    ui_color = "#f1f3f4"
+
+    def __init__(self, *, phase: str, results: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.phase = phase
+        self.results = results
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        results = list(self.results or [])
+        usage: dict[str, Any] = {}
+        for result in results:
+            for key, value in (result.get("usage") or {}).items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    usage.setdefault(key, value)
+                else:
+                    usage[key] = usage.get(key, 0) + value
+        return {
+            "phase": self.phase,
+            "output": [_output_of(result) for result in results],
+            "route": None,
+            "usage": usage,
+        }
+
+
+class CascadeRouteOperator(BaseBranchOperator):
+    """Follow the route a phase chose: only the chosen successor runs, the others are skipped.
+
+    :param phase_task_id: the task whose XCom holds the phase's ``route``.
+    :param targets: phase name -> the task id that starts it.
+    :param fallthrough: the phase that runs when the phase chose no route (the next in the list),
+        or ``end``.
+    """
+
+    ui_color = "#fff4e5"
+
+    def __init__(
+        self, *, phase_task_id: str, targets: Mapping[str, str], fallthrough: str, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.phase_task_id = phase_task_id
+        self.targets = dict(targets)
+        self.fallthrough = fallthrough
+
+    def choose_branch(self, context: Any) -> list[str]:
+        outcome = context["ti"].xcom_pull(task_ids=self.phase_task_id, map_indexes=-1)
+        route = outcome.get("route") if isinstance(outcome, Mapping) else None
+        chosen = route or self.fallthrough
+        if chosen not in self.targets:
+            self.log.info("Route %s: the cascade ends here", chosen)
+            return []
+        self.log.info("Route %s -> task %s", chosen, self.targets[chosen])
+        return [self.targets[chosen]]
