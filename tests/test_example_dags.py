@@ -121,3 +121,21 @@ def test_transcript_insights_daily_batch(dag_runner, llm_server, airflow_conn, t
     ]
     assert len(extracts) == 3
     assert all(any(customer in text for text in extracts) for customer in customers)
+
+
+def test_research_brief_is_rendered_with_parallel_phases(dag_runner, llm_server, airflow_conn):
+    airflow_conn("pydanticai_default", llm_server.connection(model="gpt-4o-mini"))
+    llm_server.responder = lambda request: text(f"answer to: {request.text_of('system')[:40]}")
+
+    dag = load_dag("example_cascade_research_brief")
+    upstream = {task.task_id: sorted(task.upstream_task_ids) for task in dag.tasks}
+    assert upstream["benefits"] == [] and upstream["risks"] == []
+    assert upstream["brief"] == ["benefits", "risks"]
+
+    result = dag_runner(dag, conf={"topic": "district heating"})
+
+    assert result.state == "success", result.task_states
+    brief = llm_server.requests[-1].text_of("system")
+    assert "district heating" in brief
+    assert "answer to: List the three strongest benefits" in brief
+    assert "answer to: List the three biggest risks" in brief
