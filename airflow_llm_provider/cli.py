@@ -98,6 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     Exit codes: 0 success, 1 the run failed, 2 the cascade (or the input) is invalid.
     """
+    from pathlib import Path
+
     from airflow_llm_provider.cascades import CascadeValidationError, load_cascade
 
     try:
@@ -118,10 +120,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from airflow_llm_provider.cascades.cache import open_cache
         from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
         from airflow_llm_provider.hooks.llm import LLMHook
+        from airflow_llm_provider.operators.cascade_tools import airflow_tools
 
         hook = LLMHook(llm_conn_id=args.conn_id or cascade.defaults.llm_conn_id, model=args.model)
         options = RunOptions(
             model_factory=hook.model_for,
+            tools=airflow_tools(),
+            base_dir=Path(args.cascade).resolve().parent,
             model=args.model,
             declared_price=hook.declared_price(),
             cache=open_cache(args.cache),

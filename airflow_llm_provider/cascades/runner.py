@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow_llm_provider.cascades.cache import CachedPhase, PhaseCache, cache_key, content_hash
@@ -53,6 +54,8 @@ ModelFactory = Callable[[str | None], "Model"]
 """Model string (None = the default) -> a pydantic-ai Model."""
 
 DEFAULT_MODEL = "test"
+SQL_PREFIX = "sql:"
+SQL_TOOL_ARGUMENTS = ("conn_id", "parameters", "max_rows")
 
 
 class PhaseFailed(RuntimeError):
@@ -83,6 +86,8 @@ class RunOptions:
     """Key scope: a run id lets a task retry resume; ``shared`` reuses answers across runs."""
     cache_max_age_seconds: float | None = None
     model_settings: Mapping[str, Any] | None = None
+    base_dir: Path | None = None
+    """Folder of the cascade file: ``sql:`` tool files are read relative to it."""
     on_event: Callable[[str], None] | None = None
     """Progress lines (the operator writes them to the task log)."""
 
@@ -382,7 +387,13 @@ class CascadeRunner:
         from airflow_llm_provider.cascades.spec import parse_duration
 
         arguments = self._render_value(phase.inputs or {}, extra)
-        function = self.tools.resolve(phase.tool)  # type: ignore[arg-type]
+        if phase.tool.startswith(SQL_PREFIX):  # type: ignore[union-attr]
+            # Other inputs are variables of the SQL template (``inputs.x``), not tool arguments.
+            sql = self._sql_file(phase, arguments, extra)
+            arguments = {k: v for k, v in arguments.items() if k in SQL_TOOL_ARGUMENTS} | {"sql": sql}
+            function = self.tools.resolve("sql_data")
+        else:
+            function = self.tools.resolve(phase.tool)  # type: ignore[arg-type]
         retry = phase.retry
         attempts = retry.max_attempts if retry else 1
         timeout = parse_duration(phase.timeout) if phase.timeout is not None else None
@@ -407,6 +418,15 @@ class CascadeRunner:
             self._emit(f"phase {phase.name}: failed ({message}); on_error -> {phase.on_error}")
             return {"error": message}, phase.on_error
         raise PhaseFailed(phase.name, f"tool '{phase.tool}' failed after {attempts} attempt(s): {message}")
+
+    def _sql_file(self, phase: Phase, arguments: Mapping[str, Any], extra: Mapping[str, Any] | None) -> str:
+        """``sql:path.sql``: the file, relative to the cascade's folder, rendered in the sandbox
+        with the run's variables and the phase's rendered inputs (values still go as parameters)."""
+        relative = phase.tool[len(SQL_PREFIX) :]  # type: ignore[index]
+        path = (self.options.base_dir or Path.cwd()) / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"sql file '{relative}' not found at {path}")
+        return self.render(path.read_text(), {**(extra or {}), "inputs": dict(arguments)})
 
     @staticmethod
     def _route_of(phase: Phase, result: Any) -> str | None:

@@ -120,14 +120,17 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
     from airflow_llm_provider.cascades.runner import RunOptions
     from airflow_llm_provider.cascades.spec import Budget
     from airflow_llm_provider.hooks.llm import LLMHook
+    from airflow_llm_provider.operators.cascade_tools import airflow_tools
 
+    source = task._cascade_source()
     hook = LLMHook(llm_conn_id=task.llm_conn_id or cascade.defaults.llm_conn_id, model=task.model)
     task.log.info("Cascade %s with %s", cascade.cascade_id, hook.describe())
     options = RunOptions(
         model_factory=hook.model_for,
         model=task.model,
-        tools=task.tools,
+        tools=airflow_tools(task.tools),
         template_context=template_context(context),
+        base_dir=None if isinstance(source, Mapping) else Path(source).parent,  # for sql: files
         max_concurrency=task.max_concurrency,
         budget=Budget(**task.budget) if task.budget else None,
         declared_price=hook.declared_price(),
