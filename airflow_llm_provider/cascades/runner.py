@@ -55,6 +55,14 @@ ModelFactory = Callable[[str | None], "Model"]
 
 DEFAULT_MODEL = "test"
 SQL_PREFIX = "sql:"
+# `soundings.mutate: true`: attempt 1 keeps the prompt; later attempts append one of these.
+MUTATIONS = (
+    "Take a different angle from the most obvious answer.",
+    "Be as concise as possible.",
+    "Reason step by step before you answer, then give only the answer.",
+    "Prefer concrete examples and specifics over generalities.",
+    "Write for a reader who is new to the subject.",
+)
 SQL_TOOL_ARGUMENTS = ("conn_id", "parameters", "max_rows")
 
 
@@ -764,6 +772,11 @@ class CascadeRunner:
         models: list[str | None] = [*soundings.models] if soundings.models else [self._model_name(phase)]
         gate = asyncio.Semaphore(soundings.max_parallel)
 
+        def prompt_of(index: int) -> str:
+            if not soundings.mutate or index == 0:
+                return system
+            return f"{system}\n\n{MUTATIONS[(index - 1) % len(MUTATIONS)]}"
+
         async def attempt(index: int) -> tuple[Any, str | None] | BaseException:
             model_name = (
                 self._model_name(phase, None) if not soundings.models else models[index % len(models)]
@@ -771,7 +784,7 @@ class CascadeRunner:
             async with gate:
                 try:
                     return await self._attempts(
-                        phase, system, user, model_name, f"{label}#{index + 1}", sounding=index
+                        phase, prompt_of(index), user, model_name, f"{label}#{index + 1}", sounding=index
                     )
                 except PhaseFailed as err:
                     return err

@@ -58,7 +58,8 @@ def tool_call(name: str, arguments: dict[str, Any], *, delay: float = 0.0) -> Re
 
 def structured(data: Any, *, delay: float = 0.0, usage: tuple[int, int] | None = None) -> Reply:
     """Structured output: a call of the request's output tool (pydantic-ai's ``final_result``),
-    or JSON content when the request asked for a ``json_schema`` response format."""
+    or JSON content when the request asked for a ``json_schema`` response format. A ``str`` is
+    sent verbatim, so a test can send malformed JSON."""
     return Reply(structured=data, delay=delay, usage=usage)
 
 
@@ -281,6 +282,10 @@ class ScriptedOpenAIServer:
         return Handler
 
 
+def _arguments(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _estimate_tokens(text_value: str) -> int:
     return max(1, len(text_value) // 4)
 
@@ -299,7 +304,7 @@ def _render(reply: Reply, request: RecordedRequest) -> tuple[int, str]:
     if reply.structured is not _UNSET:
         response_format = request.body.get("response_format") or {}
         if response_format.get("type") in ("json_schema", "json_object"):
-            message["content"] = json.dumps(reply.structured)
+            message["content"] = _arguments(reply.structured)
         else:
             tools = request.tool_names
             output_tools = [name for name in tools if name.startswith("final_result")] or tools
@@ -313,7 +318,7 @@ def _render(reply: Reply, request: RecordedRequest) -> tuple[int, str]:
             {
                 "id": f"call_{request.index}_{n}",
                 "type": "function",
-                "function": {"name": name, "arguments": json.dumps(arguments)},
+                "function": {"name": name, "arguments": _arguments(arguments)},
             }
             for n, (name, arguments) in enumerate(calls)
         ]

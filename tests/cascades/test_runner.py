@@ -459,3 +459,66 @@ def test_run_phase_alone_with_outputs_from_elsewhere(llm_server):
     assert outcome.usage["requests"] == 1
     assert llm_server.requests[0].text_of("system") == "Summarize item 2 of 3."
     assert "## Item\n2" in llm_server.requests[0].text_of("user")
+
+
+def test_malformed_json_from_the_model_is_retried_then_fails_clearly(llm_server):
+    llm_server.responder = lambda request: structured('{"sentiment": "positive", "score": ')
+    spec = cascade(
+        phases=[
+            {
+                "name": "rate",
+                "instructions": "Rate it.",
+                "output_schema": SCHEMA,
+                "rules": {"max_attempts": 2},
+            }
+        ]
+    )
+    result = run_cascade(spec, {}, RunOptions(model_factory=server_models(llm_server)))
+    assert result.status == "failed"
+    assert "no acceptable output after 2 attempt(s)" in result.error
+    # pydantic-ai asks again within an attempt (output retries), and we retry the attempt.
+    assert len(llm_server.requests) >= 4
+
+
+def test_mutate_varies_the_prompt_of_later_soundings_only(llm_server):
+    def respond(request):
+        if "final_result" in request.tool_names:
+            return structured({"winner": 1})
+        return text("draft")
+
+    llm_server.responder = respond
+    spec = cascade(
+        phases=[
+            {
+                "name": "write",
+                "instructions": "Write a tagline.",
+                "soundings": {"factor": 3, "mutate": True, "evaluator_instructions": "Pick one."},
+            }
+        ]
+    )
+    run_cascade(spec, {}, RunOptions(model_factory=server_models(llm_server)))
+    prompts = sorted(r.text_of("system") for r in llm_server.requests if not r.tool_names)
+    assert len(prompts) == 3
+    assert prompts[0] == "Write a tagline."
+    assert len(set(prompts)) == 3
+    assert all(p.startswith("Write a tagline.") for p in prompts)
+
+
+def test_without_mutate_all_soundings_share_the_prompt(llm_server):
+    def respond(request):
+        if "final_result" in request.tool_names:
+            return structured({"winner": 1})
+        return text("draft")
+
+    llm_server.responder = respond
+    spec = cascade(
+        phases=[
+            {
+                "name": "w",
+                "instructions": "Write.",
+                "soundings": {"factor": 3, "evaluator_instructions": "Pick."},
+            }
+        ]
+    )
+    run_cascade(spec, {}, RunOptions(model_factory=server_models(llm_server)))
+    assert {r.text_of("system") for r in llm_server.requests if not r.tool_names} == {"Write."}
