@@ -146,7 +146,8 @@ def _compose(text: str, collector: _Collector) -> Any:
     """Construct the first document, recording the line of every key and list item."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    # libyaml's loader when installed: same nodes and line marks, ~5x faster to parse DAG folders.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         node = loader.get_node() if loader.check_node() else None
         if node is None:

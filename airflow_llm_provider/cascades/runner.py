@@ -64,6 +64,8 @@ MUTATIONS = (
     "Write for a reader who is new to the subject.",
 )
 SQL_TOOL_ARGUMENTS = ("conn_id", "parameters", "max_rows")
+CASCADE_PREFIX = "cascade:"
+MAX_CASCADE_DEPTH = 5
 
 
 class PhaseFailed(RuntimeError):
@@ -172,13 +174,28 @@ def run_phase(
 
 
 class CascadeRunner:
-    def __init__(self, cascade: Cascade, options: RunOptions | None = None) -> None:
+    def __init__(
+        self,
+        cascade: Cascade,
+        options: RunOptions | None = None,
+        *,
+        parent: CascadeRunner | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
         self.cascade = cascade
         self.options = options or RunOptions()
         tools = self.options.tools
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
-        self.usage = UsageTracker()
-        self.budget = BudgetGuard.from_budget(self.options.budget or cascade.budget, self.usage)
+        # A sub-cascade spends from its parent's usage and budget, and resolves its own files
+        # (sql:, cascade:) relative to its own folder.
+        self.depth: int = parent.depth + 1 if parent else 0
+        self.base_dir = base_dir or self.options.base_dir
+        self.usage: UsageTracker = parent.usage if parent else UsageTracker()
+        self.budget: BudgetGuard = (
+            parent.budget
+            if parent
+            else BudgetGuard.from_budget(self.options.budget or cascade.budget, self.usage)
+        )
         self.cascade_hash = content_hash(cascade.model_dump(mode="json", by_alias=True))
         self._models: dict[str | None, Model] = {}
         self._env = sandboxed_environment()
@@ -193,15 +210,11 @@ class CascadeRunner:
 
     # -- public -----------------------------------------------------------------------------
     async def run(self, inputs: Mapping[str, Any]) -> CascadeResult:
-        self._input = dict(inputs)
         self._emit(f"cascade {self.cascade.cascade_id}: {len(self.cascade.phases)} phases")
         error: str | None = None
         budget_exceeded = False
         try:
-            if is_state_machine(self.cascade):
-                final = await self._run_state_machine()
-            else:
-                final = await self._run_dataflow()
+            final = await self.execute(inputs)
         except BudgetExceeded as err:
             error, budget_exceeded, final = str(err), True, None
         except PhaseFailed as err:
@@ -223,6 +236,13 @@ class CascadeRunner:
             budget_exceeded=budget_exceeded,
             trace=list(self._trace),
         )
+
+    async def execute(self, inputs: Mapping[str, Any]) -> Any:
+        """Run every phase and return the final output; raises PhaseFailed or BudgetExceeded."""
+        self._input = dict(inputs)
+        if is_state_machine(self.cascade):
+            return await self._run_state_machine()
+        return await self._run_dataflow()
 
     async def run_one(
         self,
@@ -395,13 +415,20 @@ class CascadeRunner:
         from airflow_llm_provider.cascades.spec import parse_duration
 
         arguments = self._render_value(phase.inputs or {}, extra)
-        if phase.tool.startswith(SQL_PREFIX):  # type: ignore[union-attr]
+        tool = phase.tool or ""
+        function: Callable[..., Any]
+        if tool.startswith(CASCADE_PREFIX):
+
+            async def function(**child_input: Any) -> Any:
+                return await self._run_sub_cascade(tool, child_input)
+
+        elif tool.startswith(SQL_PREFIX):
             # Other inputs are variables of the SQL template (``inputs.x``), not tool arguments.
             sql = self._sql_file(phase, arguments, extra)
             arguments = {k: v for k, v in arguments.items() if k in SQL_TOOL_ARGUMENTS} | {"sql": sql}
             function = self.tools.resolve("sql_data")
         else:
-            function = self.tools.resolve(phase.tool)  # type: ignore[arg-type]
+            function = self.tools.resolve(tool)
         retry = phase.retry
         attempts = retry.max_attempts if retry else 1
         timeout = parse_duration(phase.timeout) if phase.timeout is not None else None
@@ -411,6 +438,8 @@ class CascadeRunner:
                 call = call_tool(function, arguments)
                 result = await (asyncio.wait_for(call, timeout) if timeout else call)
                 return result, self._route_of(phase, result)
+            except BudgetExceeded:
+                raise  # spending limits are final, never a tool failure to retry
             except Exception as err:  # a tool's own failure: retried, then on_error or a failed phase
                 last_error = err
                 if attempt < attempts and retry is not None:
@@ -427,11 +456,25 @@ class CascadeRunner:
             return {"error": message}, phase.on_error
         raise PhaseFailed(phase.name, f"tool '{phase.tool}' failed after {attempts} attempt(s): {message}")
 
+    async def _run_sub_cascade(self, reference: str, inputs: Mapping[str, Any]) -> Any:
+        """Run the cascade file ``reference`` names; its final output is the tool's result."""
+        from airflow_llm_provider.cascades.loader import load_cascade
+
+        if self.depth >= MAX_CASCADE_DEPTH:
+            raise RecursionError(f"sub-cascades nest deeper than {MAX_CASCADE_DEPTH} levels at '{reference}'")
+        path = (self.base_dir or Path.cwd()) / reference[len(CASCADE_PREFIX) :].strip()
+        child = CascadeRunner(load_cascade(path), self.options, parent=self, base_dir=path.parent)
+        self._emit(f"sub-cascade {child.cascade.cascade_id} ({path.name}): started")
+        try:
+            return await child.execute(inputs)  # a budget stop propagates as BudgetExceeded
+        except PhaseFailed as err:
+            raise RuntimeError(f"sub-cascade {child.cascade.cascade_id} failed: {err}") from err
+
     def _sql_file(self, phase: Phase, arguments: Mapping[str, Any], extra: Mapping[str, Any] | None) -> str:
         """``sql:path.sql``: the file, relative to the cascade's folder, rendered in the sandbox
         with the run's variables and the phase's rendered inputs (values still go as parameters)."""
         relative = phase.tool[len(SQL_PREFIX) :]  # type: ignore[index]
-        path = (self.options.base_dir or Path.cwd()) / relative
+        path = (self.base_dir or Path.cwd()) / relative
         if not path.is_file():
             raise FileNotFoundError(f"sql file '{relative}' not found at {path}")
         return self.render(path.read_text(), {**(extra or {}), "inputs": dict(arguments)})
@@ -595,10 +638,7 @@ class CascadeRunner:
             estimated_input_tokens=estimate_tokens(system) + estimate_tokens(prompt),
             declared=self.options.declared_price,
         )
-        tools = [
-            Tool(self.tools.resolve(tool_name), name=tool_name.split(":")[-1].split(".")[-1])
-            for tool_name in phase.tackle
-        ]
+        tools = [self._tackle_tool(tool_name) for tool_name in phase.tackle]
         chosen: dict[str, str] = {}
         targets = phase.handoff_targets
         if len(targets) > 1 or any(h.description for h in phase.handoffs):
@@ -664,6 +704,25 @@ class CascadeRunner:
                     problem, f"Your answer did not match the required JSON schema: {problem}"
                 )
         return output, chosen.get("target")
+
+    def _tackle_tool(self, reference: str) -> Any:
+        """A tool the model may call: a registered callable, python:..., or a sub-cascade."""
+        from pydantic_ai import Tool
+
+        if not reference.startswith(CASCADE_PREFIX):
+            return Tool(self.tools.resolve(reference), name=reference.split(":")[-1].split(".")[-1])
+        from airflow_llm_provider.cascades.loader import load_cascade
+
+        child = load_cascade((self.base_dir or Path.cwd()) / reference[len(CASCADE_PREFIX) :].strip())
+
+        async def run_cascade_tool(input: dict[str, Any]) -> Any:
+            return await self._run_sub_cascade(reference, input)
+
+        description = (child.description or f"Run the cascade {child.cascade_id}.").strip()
+        if child.inputs_schema:
+            fields = ", ".join(f"{name}: {text}" for name, text in child.inputs_schema.items())
+            description += f" Input fields: {fields}."
+        return Tool(run_cascade_tool, name=child.cascade_id, description=description)
 
     async def _accept(self, phase: Phase, output: Any, attempt: int, max_attempts: int) -> str | None:
         """None when the output passes loop_until and the post wards; else the retry feedback."""

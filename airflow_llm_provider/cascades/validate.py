@@ -79,6 +79,8 @@ def _phase_kind(phase: Phase, at: FieldPath) -> Iterator[Issue]:
         for position, name in enumerate(phase.tackle):
             if name == "manifest":
                 yield (*at, "tackle", position), "`manifest` tackle (Windlass selector) is not supported yet"
+            elif name.startswith("cascade:"):
+                yield from _cascade_reference(name, (*at, "tackle", position))
 
 
 def _tool_reference(tool: str, at: FieldPath) -> Iterator[Issue]:
@@ -88,10 +90,18 @@ def _tool_reference(tool: str, at: FieldPath) -> Iterator[Issue]:
     elif tool.startswith("sql:"):
         if not tool[4:].strip():
             yield at, "`sql:` needs a file, e.g. sql:queries/report.sql"
+    elif tool.startswith("cascade:"):
+        yield from _cascade_reference(tool, at)
     elif tool.startswith("shell:"):
         yield at, "`shell:` tools (Windlass) are not supported by airflow-llm-provider yet"
     elif not _TOOL_NAME.match(tool):
-        yield at, f"'{tool}' is not a tool name, python:module.func or sql:file.sql"
+        yield at, f"'{tool}' is not a tool name, python:module.func, sql:file.sql or cascade:file.yaml"
+
+
+def _cascade_reference(reference: str, at: FieldPath) -> Iterator[Issue]:
+    path = reference[len("cascade:") :].strip()
+    if not path.lower().endswith((".yaml", ".yml", ".json")):
+        yield at, f"'{reference}' is not of the form cascade:path/to/child.yaml (a YAML or JSON file)"
 
 
 def _phase_references(phase: Phase, at: FieldPath, index: int, known: set[str]) -> Iterator[Issue]:

@@ -3,6 +3,7 @@ FunctionModel (pure logic). Nothing of ours is mocked."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -522,3 +523,87 @@ def test_without_mutate_all_soundings_share_the_prompt(llm_server):
     )
     run_cascade(spec, {}, RunOptions(model_factory=server_models(llm_server)))
     assert {r.text_of("system") for r in llm_server.requests if not r.tool_names} == {"Write."}
+
+
+CHILD = """\
+cascade_id: summarize_text
+description: Summarize a text in one sentence.
+inputs_schema:
+  text: The text to summarize.
+phases:
+  - name: summary
+    instructions: "Summarize in one sentence: {{ input.text }}"
+"""
+
+
+def test_sub_cascade_as_a_tool_phase_shares_usage_and_budget(llm_server, tmp_path: Path):
+    (tmp_path / "children").mkdir()
+    (tmp_path / "children" / "summarize.yaml").write_text(CHILD)
+    llm_server.script(text("A short summary.", usage=(40, 5)), text("Final.", usage=(10, 2)))
+    spec = cascade(
+        phases=[
+            {
+                "name": "child",
+                "tool": "cascade:children/summarize.yaml",
+                "inputs": {"text": "{{ input.doc }}"},
+            },
+            {"name": "wrap", "instructions": "Wrap: {{ outputs.child }}"},
+        ]
+    )
+    result = run_cascade(
+        spec, {"doc": "long document"}, RunOptions(model_factory=server_models(llm_server), base_dir=tmp_path)
+    )
+    assert result.status == "success", result.error
+    assert result.outputs["child"] == "A short summary."
+    assert llm_server.requests[0].text_of("system") == "Summarize in one sentence: long document"
+    assert result.usage["requests"] == 2
+    assert result.usage["input_tokens"] == 50  # the child's tokens count in the parent's usage
+
+    # The parent's budget covers the child's calls too.
+    llm_server.reset()
+    llm_server.responder = lambda request: text("x", usage=(5000, 10))
+    limited = cascade(
+        budget={"max_tokens": 100},
+        phases=[
+            {
+                "name": "child",
+                "tool": "cascade:children/summarize.yaml",
+                "inputs": {"text": "t"},
+                "retry": {"max_attempts": 3, "backoff": "none"},
+            }
+        ],
+    )
+    stopped = run_cascade(limited, {}, RunOptions(model_factory=server_models(llm_server), base_dir=tmp_path))
+    assert stopped.budget_exceeded is True
+    assert len(llm_server.requests) == 0  # the estimate alone exceeds 100 tokens; never retried
+
+
+def test_sub_cascade_as_a_tool_the_model_calls(llm_server, tmp_path: Path):
+    from airflow_llm_provider.testing.openai_server import tool_call
+
+    (tmp_path / "summarize.yaml").write_text(CHILD)
+    llm_server.script(
+        tool_call("summarize_text", {"input": {"text": "the quarterly numbers"}}),
+        text("Numbers are up."),  # the child's own LLM call
+        text("Here is the summary: Numbers are up."),
+    )
+    spec = cascade(
+        phases=[{"name": "ask", "instructions": "Help the user.", "tackle": ["cascade:summarize.yaml"]}]
+    )
+    result = run_cascade(spec, {}, RunOptions(model_factory=server_models(llm_server), base_dir=tmp_path))
+    assert result.status == "success", result.error
+    assert result.final == "Here is the summary: Numbers are up."
+    assert llm_server.requests[0].tool_names == ["summarize_text"]
+    assert llm_server.requests[1].text_of("system") == "Summarize in one sentence: the quarterly numbers"
+    assert "Numbers are up." in json.dumps(llm_server.requests[2].messages)
+
+
+def test_sub_cascades_cannot_recurse_forever(tmp_path: Path):
+    (tmp_path / "loop.yaml").write_text(
+        "cascade_id: loop\nphases:\n  - name: again\n    tool: cascade:loop.yaml\n"
+    )
+    from airflow_llm_provider.cascades import load_cascade as load
+
+    result = run_cascade(load(tmp_path / "loop.yaml"), {}, RunOptions(base_dir=tmp_path))
+    assert result.status == "failed"
+    assert "nest deeper than 5 levels" in result.error
