@@ -26,7 +26,8 @@ REFUSED: dict[str, dict[str, str]] = {
         "image_config": f"`image_config` (Windlass image models) {_NOT_YET}",
         "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
         "async_cascades": f"`async_cascades` (Windlass fire-and-forget cascades) {_NOT_YET}",
-        "sub_cascades": f"`sub_cascades` (Windlass nested cascades) {_NOT_YET}",
+        "sub_cascades": "`sub_cascades` (Windlass) is not supported; run the child as a phase with "
+        "`tool: cascade:child.yaml`, or offer it to the model with `tackle: [cascade:child.yaml]`",
         "output_extraction": f"`output_extraction` (Windlass regex extraction) {_NOT_YET}",
         "memory": f"`memory` (Windlass memory) {_NOT_YET}",
         "token_budget": f"`token_budget` (Windlass context budget) {_NOT_YET}",
