@@ -26,7 +26,7 @@ from airflow_llm_provider.cascades.spec import END, Cascade, Phase, parse_durati
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import DAG
 
-TaskKind = Literal["phase", "mapped", "items", "collect", "route", "cascade"]
+TaskKind = Literal["phase", "mapped", "items", "collect", "route", "cascade", "sounding", "judge"]
 JOIN_TRIGGER_RULE = "none_failed_min_one_success"
 DEFAULT_START_DATE = datetime(2024, 1, 1)
 
@@ -47,6 +47,9 @@ class CascadeDagConfig:
     :param on_error: ``"import_error"`` (default): valid cascades are registered and the broken
         files are one import error of the loader file; ``"raise"``: the loader raises (no DAG of
         the folder is registered).
+    :param soundings_as_tasks: render an LLM phase with soundings (an integer ``factor`` > 1) as a
+        task group ``<phase>``: ``<phase>.attempt`` mapped over the sounding indexes (one attempt
+        per task) and ``<phase>.evaluate`` (the evaluator or aggregator), whose XCom is the phase's.
     """
 
     select: Literal["airflow", "all"] = "airflow"
@@ -62,6 +65,7 @@ class CascadeDagConfig:
     start_date: datetime | None = None
     dag_id_prefix: str = "cascade_"
     on_error: Literal["import_error", "raise"] = "import_error"
+    soundings_as_tasks: bool = False
 
 
 @dataclass
@@ -84,6 +88,10 @@ class TaskPlan:
     pool: str | None = None
     retries: int | None = None
     execution_timeout: float | None = None
+    group: str | None = None
+    """The task group the task is in (its task id is then ``<group>.<name>``)."""
+    soundings: int | None = None
+    """Sounding tasks: the number of attempts (the ``factor``)."""
 
 
 @dataclass
@@ -177,7 +185,17 @@ def _phase_args(phase: Phase) -> dict[str, Any]:
     }
 
 
-def plan_cascade(cascade: Cascade, dag_id: str | None = None) -> DagPlan:
+def sounding_factor(phase: Phase) -> int | None:
+    """The factor of a phase whose soundings can be rendered as tasks: an LLM phase, not mapped,
+    with an integer ``factor`` > 1 (a templated factor is only known when the phase runs)."""
+    soundings = phase.soundings
+    if phase.kind != "llm" or phase.map_over is not None or soundings is None:
+        return None
+    factor = soundings.factor
+    return factor if isinstance(factor, int) and factor > 1 else None
+
+
+def plan_cascade(cascade: Cascade, dag_id: str | None = None, *, soundings_as_tasks: bool = False) -> DagPlan:
     """The task graph a cascade renders to.
 
     - Data-flow cascades (no handoffs/routing/on_error): one task per phase, upstream = the phases
@@ -188,6 +206,8 @@ def plan_cascade(cascade: Cascade, dag_id: str | None = None) -> DagPlan:
     - State machines with cycles: one ``CascadeOperator`` task (a DAG cannot loop).
     - ``map_over``: ``<phase>__items`` (the list) -> ``<phase>`` mapped over it -> ``<phase>__results``
       (the outputs in item order, read by the phases downstream).
+    - ``soundings_as_tasks``: a phase with soundings is the group ``<phase>``: ``<phase>.attempt``
+      mapped over the attempts -> ``<phase>.evaluate`` (read by the phases downstream).
     """
     dag_id = dag_id or dag_id_for(cascade)
     needs = phase_dependencies(cascade)
@@ -208,8 +228,14 @@ def plan_cascade(cascade: Cascade, dag_id: str | None = None) -> DagPlan:
 
     entry: dict[str, str] = {}
     exit_: dict[str, str] = {}
+    grouped: dict[str, int] = {}
     for name in names:
         mapped = cascade.phase(name).map_over is not None
+        factor = sounding_factor(cascade.phase(name)) if soundings_as_tasks else None
+        if factor is not None:
+            grouped[name] = factor
+            entry[name], exit_[name] = f"{name}.attempt", f"{name}.evaluate"
+            continue
         entry[name] = f"{name}__items" if mapped else name
         exit_[name] = f"{name}__results" if mapped else name
 
@@ -285,6 +311,33 @@ def plan_cascade(cascade: Cascade, dag_id: str | None = None) -> DagPlan:
                 )
             )
             tasks.append(TaskPlan(task_id=exit_[name], kind="collect", phase=name, upstream=[name]))
+        elif name in grouped:
+            args = _phase_args(phase)
+            tasks.append(
+                TaskPlan(
+                    task_id=entry[name],
+                    kind="sounding",
+                    phase=name,
+                    upstream=upstream[name],
+                    trigger_rule=rule,
+                    pulls=pulls,
+                    group=name,
+                    soundings=grouped[name],
+                    **args,
+                )
+            )
+            tasks.append(
+                TaskPlan(
+                    task_id=exit_[name],
+                    kind="judge",
+                    phase=name,
+                    upstream=[entry[name]],
+                    pulls=pulls,
+                    group=name,
+                    soundings=grouped[name],
+                    **args,
+                )
+            )
         else:
             tasks.append(
                 TaskPlan(
@@ -318,13 +371,15 @@ def describe_plan(plan: DagPlan, cascade: Cascade) -> str:
         lines.append(f"  note: {plan.note}")
     for task in plan.tasks:
         details = [task.kind]
-        if task.kind in ("phase", "mapped"):
+        if task.kind in ("phase", "mapped", "sounding", "judge"):
             details.append(cascade.phase(task.phase).kind)  # type: ignore[arg-type]
         line = f"  {task.task_id} [{', '.join(details)}]"
         line += f" <- {', '.join(task.upstream)}" if task.upstream else " <- (start)"
         extras: list[str] = []
         if task.expand_from:
             extras.append(f"mapped over {task.expand_from} (map_over: {task.map_over})")
+        if task.kind == "sounding":
+            extras.append(f"mapped over {task.soundings} soundings")
         if task.kind == "route":
             extras.append(
                 "branch to "
@@ -373,7 +428,9 @@ def build_cascade_dag(
         cascade = load_cascade_cached(path)
     else:
         remember_cascade(path, cascade)
-    plan = plan_cascade(cascade, dag_id_for(cascade, config.dag_id_prefix))
+    plan = plan_cascade(
+        cascade, dag_id_for(cascade, config.dag_id_prefix), soundings_as_tasks=config.soundings_as_tasks
+    )
     settings = cascade.airflow
     tags = list(dict.fromkeys([*config.tags, *(settings.tags if settings else []), "cascade"]))
     schedule = settings.schedule if settings else None
@@ -408,11 +465,15 @@ def _dag_doc(cascade: Cascade, plan: DagPlan, path: str) -> str:
 
 
 def _build_tasks(plan: DagPlan, cascade: Cascade, path: str, config: CascadeDagConfig) -> None:
+    from airflow.providers.common.compat.sdk import TaskGroup
+
     from airflow_llm_provider.operators.cascade_phase import (
         CascadeCollectOperator,
         CascadeItemsOperator,
         CascadePhaseOperator,
         CascadeRouteOperator,
+        CascadeSoundingOperator,
+        CascadeSoundingsJudgeOperator,
     )
 
     common: dict[str, Any] = {
@@ -434,7 +495,18 @@ def _build_tasks(plan: DagPlan, cascade: Cascade, path: str, config: CascadeDagC
         )
         return
     made: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
     for task in plan.tasks:
+        if task.group is not None:
+            if task.group not in groups:
+                groups[task.group] = TaskGroup(
+                    group_id=task.group, tooltip=f"Phase {task.group}: its soundings as tasks"
+                )
+            with groups[task.group]:
+                made[task.task_id] = _grouped_task(
+                    task, cascade, made, common, CascadeSoundingOperator, CascadeSoundingsJudgeOperator
+                )
+            continue
         args: dict[str, Any] = {"task_id": task.task_id, "trigger_rule": task.trigger_rule}
         for key in ("pool", "retries"):
             if getattr(task, key) is not None:
@@ -469,6 +541,44 @@ def _build_tasks(plan: DagPlan, cascade: Cascade, path: str, config: CascadeDagC
     for task in plan.tasks:
         for up in task.upstream:
             made[up] >> made[task.task_id]
+
+
+def _task_args(task: TaskPlan, task_id: str) -> dict[str, Any]:
+    args: dict[str, Any] = {"task_id": task_id, "trigger_rule": task.trigger_rule}
+    for key in ("pool", "retries"):
+        if getattr(task, key) is not None:
+            args[key] = getattr(task, key)
+    if task.execution_timeout is not None:
+        args["execution_timeout"] = timedelta(seconds=task.execution_timeout)
+    return args
+
+
+def _grouped_task(
+    task: TaskPlan,
+    cascade: Cascade,
+    made: Mapping[str, Any],
+    common: Mapping[str, Any],
+    attempt_class: Any,
+    judge_class: Any,
+) -> Any:
+    """A task of a sounding group, created inside the group (which prefixes its id)."""
+    name = task.phase or ""
+    args = _task_args(task, task.task_id.rpartition(".")[2])
+    if task.kind == "sounding":
+        doc = f"One sounding attempt of phase `{name}` per mapped task (map index = sounding index)."
+        return attempt_class.partial(phase=name, pulls=task.pulls, doc_md=doc, **args, **common).expand(
+            sounding=list(range(task.soundings or 1))
+        )
+    (attempt_id,) = task.upstream
+    doc = f"The evaluator (or aggregator) of phase `{name}`: the phase's result."
+    return judge_class(
+        phase=name,
+        pulls=task.pulls,
+        results=made[attempt_id].output,
+        doc_md=doc,
+        **args,
+        **common,
+    )
 
 
 def _task_doc(phase: Phase | None) -> str | None:

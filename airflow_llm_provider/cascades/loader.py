@@ -7,8 +7,13 @@ paths to lines -> refuse unsupported Windlass keys and unknown keys (with a sugg
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
+import hashlib
+import json
 import logging
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -75,7 +80,10 @@ def load_cascade(source: str | Path | Mapping[str, Any]) -> Cascade:
 
     :raises CascadeValidationError: listing every problem found, each with file, line and field
     """
-    result = check_cascade(source)
+    return _checked(check_cascade(source))
+
+
+def _checked(result: CheckResult) -> Cascade:
     for warning in result.warnings:
         log.warning("%s", warning)
     if result.cascade is None:
@@ -83,11 +91,78 @@ def load_cascade(source: str | Path | Mapping[str, Any]) -> Cascade:
     return result.cascade
 
 
+def _validation_cache_dir() -> Path | None:
+    if os.environ.get("AIRFLOW_LLM_VALIDATION_CACHE", "").lower() in ("0", "false", "off"):
+        return None
+    root = os.environ.get("AIRFLOW_LLM_CACHE_DIR") or str(Path.home() / ".cache" / "airflow-llm-provider")
+    return Path(root) / "validated"
+
+
+@functools.cache
+def _validator_fingerprint() -> bytes:
+    """Changes whenever the code that validates cascades changes (not only the version)."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("loader.py", "validate.py", "spec.py", "refused.py", "templates.py", "graph.py"):
+        digest.update((package / name).read_bytes())
+    return digest.digest()
+
+
 def check_cascade(source: str | Path | Mapping[str, Any]) -> CheckResult:
-    """Like ``load_cascade`` but returns issues and warnings instead of raising."""
+    """Like ``load_cascade`` but returns issues and warnings instead of raising.
+
+    A file that validated before, unchanged, under the same validator code, is not validated again:
+    DAG folders are parsed every few seconds, like Python modules, whose compiled form Python caches
+    the same way. Only valid files are cached (with their warnings), so errors are always fresh.
+    """
     if isinstance(source, Mapping):
         return _check_data(dict(source), _Collector("<dict>", {}))
     path = Path(source)
+    entry = _cache_entry(path)
+    if entry is not None:
+        try:
+            cached = json.loads(entry.read_bytes())
+            return CheckResult(
+                file=str(path),
+                cascade=Cascade.model_validate_json(cached["cascade"]),
+                warnings=[ValidationIssue(**warning) for warning in cached["warnings"]],
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not cached yet, or an unreadable entry: validate
+    result = _check_file(path)
+    if entry is not None and result.cascade is not None:
+        _store(entry, result)
+    return result
+
+
+def _cache_entry(path: Path) -> Path | None:
+    cache_dir = _validation_cache_dir()
+    if cache_dir is None:
+        return None
+    try:
+        content = path.read_bytes()
+    except OSError:
+        return None
+    key = hashlib.sha256(_validator_fingerprint() + str(path.resolve()).encode() + b"\0" + content)
+    return cache_dir / f"{key.hexdigest()}.json"
+
+
+def _store(entry: Path, result: CheckResult) -> None:
+    assert result.cascade is not None
+    payload = {
+        "cascade": result.cascade.model_dump_json(by_alias=True),  # JSON keeps dates as dates
+        "warnings": [dataclasses.asdict(warning) for warning in result.warnings],
+    }
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = entry.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(payload))
+        partial.replace(entry)
+    except OSError:
+        pass  # a read-only home only costs speed
+
+
+def _check_file(path: Path) -> CheckResult:
     collector = _Collector(str(path), {})
     try:
         text = path.read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -173,6 +173,39 @@ def run_phase(
     return asyncio.run(runner.run_one(phase, inputs or {}, outputs or {}, item=item, item_index=item_index))
 
 
+def run_sounding(
+    cascade: Cascade,
+    phase: str,
+    index: int,
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    options: RunOptions | None = None,
+) -> PhaseOutcome:
+    """Run sounding ``index`` (0-based) of an LLM phase with soundings, alone: the phase's prompt
+    (with ``mutate``, the engine's hint for that index), the model ``soundings.models`` gives that
+    index (round robin), and the phase's pre wards, attempts and post wards. The outcome's
+    ``route`` is the route the model chose, if any. Raises :class:`PhaseFailed` or
+    :class:`BudgetExceeded`. :func:`judge_soundings` turns the attempts into the phase result."""
+    runner = CascadeRunner(cascade, options)
+    return asyncio.run(runner.run_sounding(phase, index, inputs or {}, outputs or {}))
+
+
+def judge_soundings(
+    cascade: Cascade,
+    phase: str,
+    candidates: Sequence[tuple[int, Any, str | None]],
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    options: RunOptions | None = None,
+) -> PhaseOutcome:
+    """The result of a phase whose soundings ran apart (:func:`run_sounding`): ``candidates`` are
+    the successful ones as ``(index, output, route)``. As in the engine: a single candidate wins
+    alone, else the evaluator picks one (``mode: aggregate``: the aggregator merges them). The
+    usage is that of the evaluator/aggregator call only. No candidate: :class:`PhaseFailed`."""
+    runner = CascadeRunner(cascade, options)
+    return asyncio.run(runner.judge_soundings(phase, candidates, inputs or {}, outputs or {}))
+
+
 class CascadeRunner:
     def __init__(
         self,
@@ -253,9 +286,7 @@ class CascadeRunner:
         item: Any = None,
         item_index: int | None = None,
     ) -> PhaseOutcome:
-        self._input = dict(inputs)
-        for source, output in outputs.items():
-            self._store(source, output)
+        self._prepare(inputs, outputs)
         phase = self.cascade.phase(name)
         if item_index is None:
             output, route = await self._run_phase(phase)
@@ -271,6 +302,56 @@ class CascadeRunner:
                 raise
             except Exception as err:
                 raise PhaseFailed(name, _describe(err)) from err
+        return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
+
+    def _prepare(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        self._input = dict(inputs)
+        for source, output in outputs.items():
+            self._store(source, output)
+
+    async def run_sounding(
+        self, name: str, index: int, inputs: Mapping[str, Any], outputs: Mapping[str, Any]
+    ) -> PhaseOutcome:
+        self._prepare(inputs, outputs)
+        phase = self.cascade.phase(name)
+        if phase.kind != "llm" or phase.soundings is None:
+            raise PhaseFailed(name, "has no soundings")
+        self._visits[name] = 1
+        try:
+            system = self._sounding_prompt(phase, self.render(phase.instructions or ""), index)
+            user = self._user_prompt(phase, None)
+            await self._check_pre_wards(phase)
+            output, route = await self._attempts(
+                phase, system, user, self._sounding_model(phase, index), f"#{index + 1}", sounding=index
+            )
+        except (PhaseFailed, BudgetExceeded):
+            raise
+        except Exception as err:
+            raise PhaseFailed(name, _describe(err)) from err
+        return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
+
+    async def judge_soundings(
+        self,
+        name: str,
+        candidates: Sequence[tuple[int, Any, str | None]],
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+    ) -> PhaseOutcome:
+        self._prepare(inputs, outputs)
+        phase = self.cascade.phase(name)
+        if phase.soundings is None:
+            raise PhaseFailed(name, "has no soundings")
+        self._visits[name] = 1
+        good = [(index, (output, route)) for index, output, route in sorted(candidates, key=lambda c: c[0])]
+        if not good:
+            raise PhaseFailed(name, "all soundings failed")
+        try:
+            output, route = await self._judge(phase, good, self._sounding_factor(phase, None), None, "")
+        except (PhaseFailed, BudgetExceeded):
+            raise
+        except Exception as err:
+            raise PhaseFailed(name, _describe(err)) from err
+        route = self._llm_route(phase, route)
         return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
 
     # -- control flow -----------------------------------------------------------------------
@@ -822,28 +903,35 @@ class CascadeRunner:
                 return 1
         return factor
 
+    def _sounding_prompt(self, phase: Phase, system: str, index: int) -> str:
+        """The system prompt of sounding ``index`` (0-based): with ``mutate``, later ones get a hint."""
+        if not phase.soundings or not phase.soundings.mutate or index == 0:
+            return system
+        return f"{system}\n\n{MUTATIONS[(index - 1) % len(MUTATIONS)]}"
+
+    def _sounding_model(self, phase: Phase, index: int) -> str | None:
+        """The model of sounding ``index``: ``soundings.models`` round robin, else the phase's."""
+        models = phase.soundings.models if phase.soundings else None
+        return models[index % len(models)] if models else self._model_name(phase, None)
+
     async def _run_soundings(
         self, phase: Phase, system: str, user: str, extra: Mapping[str, Any] | None, label: str
     ) -> tuple[Any, str | None]:
         soundings = phase.soundings
         assert soundings is not None
         factor = self._sounding_factor(phase, extra)
-        models: list[str | None] = [*soundings.models] if soundings.models else [self._model_name(phase)]
         gate = asyncio.Semaphore(soundings.max_parallel)
 
-        def prompt_of(index: int) -> str:
-            if not soundings.mutate or index == 0:
-                return system
-            return f"{system}\n\n{MUTATIONS[(index - 1) % len(MUTATIONS)]}"
-
         async def attempt(index: int) -> tuple[Any, str | None] | BaseException:
-            model_name = (
-                self._model_name(phase, None) if not soundings.models else models[index % len(models)]
-            )
             async with gate:
                 try:
                     return await self._attempts(
-                        phase, prompt_of(index), user, model_name, f"{label}#{index + 1}", sounding=index
+                        phase,
+                        self._sounding_prompt(phase, system, index),
+                        user,
+                        self._sounding_model(phase, index),
+                        f"{label}#{index + 1}",
+                        sounding=index,
                     )
                 except PhaseFailed as err:
                     return err
@@ -853,14 +941,28 @@ class CascadeRunner:
         good = [(i, r) for i, r in enumerate(results) if not isinstance(r, BaseException)]
         if not good:
             raise PhaseFailed(phase.name, f"all {factor} soundings failed: {results[0]}")
+        return await self._judge(phase, good, factor, extra, label)  # type: ignore[arg-type]
+
+    async def _judge(
+        self,
+        phase: Phase,
+        good: list[tuple[int, tuple[Any, str | None]]],
+        factor: int,
+        extra: Mapping[str, Any] | None,
+        label: str,
+    ) -> tuple[Any, str | None]:
+        """The phase result from the successful soundings ``(index, (output, route))``, in index
+        order: the only one, the evaluator's choice, or the aggregate (with the first one's route)."""
+        soundings = phase.soundings
+        assert soundings is not None
         if len(good) == 1:
-            return good[0][1]  # type: ignore[return-value]
+            return good[0][1]
         if soundings.mode == "aggregate":
-            return await self._aggregate(phase, [r[0] for _, r in good]), good[0][1][1]  # type: ignore[index]
-        winner = await self._evaluate(phase, [r[0] for _, r in good], extra)  # type: ignore[index]
+            return await self._aggregate(phase, [r[0] for _, r in good]), good[0][1][1]
+        winner = await self._evaluate(phase, [r[0] for _, r in good], extra)
         self._emit(f"phase {phase.name}{label}: evaluator chose sounding {good[winner][0] + 1} of {factor}")
         self._state[f"sounding_winner_{phase.name}"] = good[winner][0]
-        return good[winner][1]  # type: ignore[return-value]
+        return good[winner][1]
 
     async def _evaluate(self, phase: Phase, candidates: list[Any], extra: Mapping[str, Any] | None) -> int:
         from pydantic import BaseModel

@@ -6,6 +6,9 @@
 - :class:`CascadeItemsOperator` extracts the list a ``map_over`` phase is mapped over.
 - :class:`CascadeCollectOperator` reduces the mapped instances into one output, in item order.
 - :class:`CascadeRouteOperator` is the branch step after a phase with several possible successors.
+- :class:`CascadeSoundingOperator` runs one sounding attempt of a phase (mapped over the attempts) and
+  :class:`CascadeSoundingsJudgeOperator` turns the attempts into the phase's result
+  (``CascadeDagConfig(soundings_as_tasks=True)``).
 
 Nothing heavy is imported here: the engine and pydantic-ai load inside ``execute``.
 """
@@ -142,6 +145,14 @@ class CascadePhaseOperator(BaseOperator):
     def _load(self) -> Cascade:
         return load_cascade_cached(self._cascade_source())
 
+    def _pulled_outputs(self, context: Any) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for name, task_id in self.pulls.items():
+            value = context["ti"].xcom_pull(task_ids=task_id, map_indexes=-1)
+            if value is not None:
+                outputs[name] = _output_of(value)
+        return outputs
+
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_llm_provider.cascades.runner import PhaseFailed, run_phase
         from airflow_llm_provider.cascades.usage import BudgetExceeded
@@ -149,11 +160,7 @@ class CascadePhaseOperator(BaseOperator):
 
         cascade = self._load()
         ti = context["ti"]
-        outputs: dict[str, Any] = {}
-        for name, task_id in self.pulls.items():
-            value = ti.xcom_pull(task_ids=task_id, map_indexes=-1)
-            if value is not None:
-                outputs[name] = _output_of(value)
+        outputs = self._pulled_outputs(context)
         inputs = self.inputs if self.inputs is not None else run_input(context)
         options, hook = run_options_for(self, cascade, context)
         item_index = getattr(ti, "map_index", -1) if self.mapped else None
@@ -177,6 +184,120 @@ class CascadePhaseOperator(BaseOperator):
         result["usage"]["model"] = hook.model_name
         result["usage"]["synthetic"] = hook.synthetic
         return result
+
+
+class CascadeSoundingOperator(CascadePhaseOperator):
+    """One sounding attempt of a phase (``CascadeDagConfig(soundings_as_tasks=True)``), mapped with
+    ``.expand(sounding=[0, 1, ...])``; runs the engine's ``run_sounding``.
+
+    A failed attempt (:class:`PhaseFailed`: rejected answers, LLM errors after the client's
+    retries) does not fail the task: it returns ``{"phase", "sounding", "error", "output": None,
+    "route": None, "usage"}`` so the evaluate task judges the attempts that succeeded. A budget
+    stop still fails the task (and so the phase).
+
+    :param sounding: the attempt's index (0-based); it picks the model round robin over
+        ``soundings.models`` and, with ``mutate``, the prompt hint.
+    """
+
+    def __init__(self, *, sounding: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sounding = sounding
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.runner import PhaseFailed, run_sounding
+        from airflow_llm_provider.cascades.usage import BudgetExceeded
+        from airflow_llm_provider.operators.cascade import run_options_for
+
+        cascade = self._load()
+        outputs = self._pulled_outputs(context)
+        inputs = self.inputs if self.inputs is not None else run_input(context)
+        options, hook = run_options_for(self, cascade, context)
+        index = int(self.sounding)
+        self.log.info("Phase %s, sounding %d", self.phase, index + 1)
+        try:
+            outcome = run_sounding(cascade, self.phase, index, inputs, outputs, options)
+        except BudgetExceeded as err:
+            raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
+        except PhaseFailed as err:
+            self.log.warning("Sounding %d of phase %s failed: %s", index + 1, self.phase, err)
+            return {
+                "phase": self.phase,
+                "sounding": index,
+                "error": str(err),
+                "output": None,
+                "route": None,
+                "usage": {"model": hook.model_name, "synthetic": hook.synthetic},
+            }
+        result = outcome.to_dict()
+        result["sounding"] = index
+        result["usage"]["model"] = hook.model_name
+        result["usage"]["synthetic"] = hook.synthetic
+        return result
+
+
+class CascadeSoundingsJudgeOperator(CascadePhaseOperator):
+    """The result of a phase whose soundings ran as mapped tasks: the evaluator's choice among the
+    attempts that succeeded (``mode: aggregate``: their merge), with the engine's
+    ``judge_soundings``. Its XCom is the phase's ``{"phase", "output", "route", "usage"}``; the
+    usage sums the attempts' and the evaluator's. Fails when every attempt failed.
+
+    :param results: the attempt tasks' XCom values (the mapped task's ``.output``).
+    """
+
+    template_fields: Sequence[str] = (*CascadePhaseOperator.template_fields, "results")
+
+    def __init__(self, *, results: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.results = results
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.runner import PhaseFailed, judge_soundings
+        from airflow_llm_provider.cascades.usage import BudgetExceeded
+        from airflow_llm_provider.operators.cascade import run_options_for
+
+        cascade = self._load()
+        attempts = [r for r in (self.results or []) if isinstance(r, Mapping)]
+        attempts.sort(key=lambda r: int(r.get("sounding", 0)))
+        failed = [r for r in attempts if r.get("error")]
+        for result in failed:
+            self.log.warning("Sounding %s failed: %s", int(result.get("sounding", 0)) + 1, result["error"])
+        candidates = [
+            (int(r.get("sounding", 0)), r.get("output"), r.get("route"))
+            for r in attempts
+            if not r.get("error")
+        ]
+        if not candidates:
+            raise AirflowException(
+                f"cascade {cascade.cascade_id}: phase '{self.phase}': all {len(attempts)} soundings failed"
+                + (f": {failed[0]['error']}" if failed else "")
+            )
+        self.log.info("Phase %s: judging %d of %d soundings", self.phase, len(candidates), len(attempts))
+        outputs = self._pulled_outputs(context)
+        inputs = self.inputs if self.inputs is not None else run_input(context)
+        options, hook = run_options_for(self, cascade, context)
+        try:
+            outcome = judge_soundings(cascade, self.phase, candidates, inputs, outputs, options)
+        except BudgetExceeded as err:
+            raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
+        except PhaseFailed as err:
+            raise AirflowException(f"cascade {cascade.cascade_id}: {err}") from err
+        result = outcome.to_dict()
+        result["usage"] = sum_usage([*(r.get("usage") or {} for r in attempts), result["usage"]])
+        result["usage"]["model"] = hook.model_name
+        result["usage"]["synthetic"] = hook.synthetic
+        return result
+
+
+def sum_usage(usages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Usage dicts added up: numbers are summed, other values (model names) keep the first seen."""
+    total: dict[str, Any] = {}
+    for usage in usages:
+        for key, value in usage.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                total.setdefault(key, value)
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 class CascadeWholeRunOperator(CascadeOperator):
@@ -222,13 +343,7 @@ class CascadeCollectOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         results = list(self.results or [])
-        usage: dict[str, Any] = {}
-        for result in results:
-            for key, value in (result.get("usage") or {}).items():
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    usage.setdefault(key, value)
-                else:
-                    usage[key] = usage.get(key, 0) + value
+        usage = sum_usage([result.get("usage") or {} for result in results])
         return {
             "phase": self.phase,
             "output": [_output_of(result) for result in results],
