@@ -758,25 +758,7 @@ class CascadeRunner:
             if isinstance(err, BudgetExceeded):
                 raise
             raise PhaseFailed(phase.name, f"LLM call failed: {_describe(err)}") from err
-        usage = result.usage if hasattr(result.usage, "requests") else result.usage()
-        self.usage.record(
-            CallRecord(
-                phase=phase.name,
-                attempt=attempt,
-                model=name,
-                requests=usage.requests,
-                input_tokens=usage.input_tokens or 0,
-                output_tokens=usage.output_tokens or 0,
-                cost_usd=price_call(
-                    name,
-                    usage.input_tokens or 0,
-                    usage.output_tokens or 0,
-                    declared=self.options.declared_price,
-                ),
-                sounding=sounding,
-                duration_s=time.monotonic() - started,
-            )
-        )
+        self._record(phase.name, name, result, attempt=attempt, sounding=sounding, started=started)
         output = result.output
         if phase.output_schema is not None:
             problem = _schema_problem(output, phase.output_schema)
@@ -869,23 +851,7 @@ class CascadeRunner:
             agent = Agent(self._model(name), output_type=Verdict, instructions=self.render(spec.instructions))
             async with self._slots:
                 result = await agent.run("## Content to validate\n" + _to_text(content))
-            usage = result.usage if hasattr(result.usage, "requests") else result.usage()
-            self.usage.record(
-                CallRecord(
-                    phase=f"validator:{validator}",
-                    attempt=1,
-                    model=name or DEFAULT_MODEL,
-                    requests=usage.requests,
-                    input_tokens=usage.input_tokens or 0,
-                    output_tokens=usage.output_tokens or 0,
-                    cost_usd=price_call(
-                        name or DEFAULT_MODEL,
-                        usage.input_tokens or 0,
-                        usage.output_tokens or 0,
-                        declared=self.options.declared_price,
-                    ),
-                )
-            )
+            self._record(f"validator:{validator}", name or DEFAULT_MODEL, result)
             verdict = result.output.model_dump()
         if isinstance(verdict, bool):
             return verdict, "" if verdict else f"{validator} said no"
@@ -990,23 +956,7 @@ class CascadeRunner:
         )
         async with self._slots:
             result = await agent.run(listing)
-        usage = result.usage if hasattr(result.usage, "requests") else result.usage()
-        self.usage.record(
-            CallRecord(
-                phase=f"{phase.name}:evaluator",
-                attempt=1,
-                model=name or DEFAULT_MODEL,
-                requests=usage.requests,
-                input_tokens=usage.input_tokens or 0,
-                output_tokens=usage.output_tokens or 0,
-                cost_usd=price_call(
-                    name or DEFAULT_MODEL,
-                    usage.input_tokens or 0,
-                    usage.output_tokens or 0,
-                    declared=self.options.declared_price,
-                ),
-            )
-        )
+        self._record(f"{phase.name}:evaluator", name or DEFAULT_MODEL, result)
         winner = result.output.winner - 1
         return winner if 0 <= winner < len(candidates) else 0
 
@@ -1019,10 +969,45 @@ class CascadeRunner:
 
         name = soundings.aggregator_model or self._model_name(phase)
         listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
-        agent = Agent(self._model(name), instructions=self.render(soundings.aggregator_instructions))
+        instructions = self.render(soundings.aggregator_instructions)
+        self.budget.check_before_call(
+            phase.name,
+            model=name or DEFAULT_MODEL,
+            estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
+            declared=self.options.declared_price,
+        )
+        agent = Agent(self._model(name), instructions=instructions)
         async with self._slots:
             result = await agent.run(listing)
+        self._record(f"{phase.name}:aggregator", name or DEFAULT_MODEL, result)
         return result.output
+
+    def _record(
+        self,
+        label: str,
+        model: str,
+        result: Any,
+        *,
+        attempt: int = 1,
+        sounding: int | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Count one agent run's requests, tokens and dollars."""
+        usage = result.usage if hasattr(result.usage, "requests") else result.usage()  # a method before
+        input_tokens, output_tokens = usage.input_tokens or 0, usage.output_tokens or 0
+        self.usage.record(
+            CallRecord(
+                phase=label,
+                attempt=attempt,
+                model=model,
+                requests=usage.requests,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_usd=price_call(model, input_tokens, output_tokens, declared=self.options.declared_price),
+                sounding=sounding,
+                duration_s=time.monotonic() - started if started is not None else 0.0,
+            )
+        )
 
     def _emit(self, line: str) -> None:
         if self.options.on_event is not None:

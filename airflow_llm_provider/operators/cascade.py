@@ -83,12 +83,7 @@ class CascadeOperator(BaseOperator):
         self._load()
 
     def _cascade_source(self) -> str | Mapping[str, Any]:
-        if isinstance(self.cascade, Mapping):
-            return self.cascade
-        path = Path(self.cascade)
-        if not path.is_absolute() and self.has_dag() and getattr(self.dag, "fileloc", None):
-            path = Path(self.dag.fileloc).parent / path
-        return str(path)
+        return cascade_source(self)
 
     def _load(self) -> Cascade:
         from airflow_llm_provider.cascades import load_cascade
@@ -110,6 +105,17 @@ class CascadeOperator(BaseOperator):
                 raise AirflowFailException(message)  # retrying would spend the same money again
             raise AirflowException(message)
         return summary
+
+
+def cascade_source(task: Any) -> str | Mapping[str, Any]:
+    """A task's cascade: the dict as given, or the file path, relative paths resolved against the
+    folder of the DAG file the task belongs to."""
+    if isinstance(task.cascade, Mapping):
+        return task.cascade
+    path = Path(task.cascade)
+    if not path.is_absolute() and task.has_dag() and getattr(task.dag, "fileloc", None):
+        path = Path(task.dag.fileloc).parent / path
+    return str(path)
 
 
 def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptions, LLMHook]:

@@ -27,7 +27,7 @@ from airflow.providers.common.compat.sdk import (
     BaseOperator,
 )
 
-from airflow_llm_provider.operators.cascade import CascadeOperator
+from airflow_llm_provider.operators.cascade import CascadeOperator, cascade_source
 
 if TYPE_CHECKING:
     from airflow_llm_provider.cascades.spec import Cascade
@@ -135,12 +135,7 @@ class CascadePhaseOperator(BaseOperator):
         self._load().phase(phase)  # parse time: a broken file or unknown phase is an import error
 
     def _cascade_source(self) -> str | Mapping[str, Any]:
-        if isinstance(self.cascade, Mapping):
-            return self.cascade
-        path = Path(self.cascade)
-        if not path.is_absolute() and self.has_dag() and getattr(self.dag, "fileloc", None):
-            path = Path(self.dag.fileloc).parent / path
-        return str(path)
+        return cascade_source(self)
 
     def _load(self) -> Cascade:
         return load_cascade_cached(self._cascade_source())

@@ -607,3 +607,30 @@ def test_sub_cascades_cannot_recurse_forever(tmp_path: Path):
     result = run_cascade(load(tmp_path / "loop.yaml"), {}, RunOptions(base_dir=tmp_path))
     assert result.status == "failed"
     assert "nest deeper than 5 levels" in result.error
+
+
+def test_aggregate_mode_merges_soundings_and_counts_the_aggregator(llm_server):
+    def respond(request):
+        if "Merge the drafts" in request.text_of("system"):
+            return text("merged", usage=(100, 10))
+        return text(f"draft {request.index}", usage=(10, 1))
+
+    llm_server.responder = respond
+    spec = cascade(
+        phases=[
+            {
+                "name": "w",
+                "instructions": "Write.",
+                "soundings": {
+                    "factor": 2,
+                    "mode": "aggregate",
+                    "aggregator_instructions": "Merge the drafts.",
+                },
+            }
+        ]
+    )
+    result = run_cascade(spec, {}, RunOptions(model_factory=server_models(llm_server)))
+    assert result.final == "merged"
+    assert "## Attempt 2" in llm_server.requests[-1].text_of("user")
+    assert result.usage["requests"] == 3
+    assert result.usage["input_tokens"] == 120  # two drafts and the aggregator
