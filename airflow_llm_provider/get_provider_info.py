@@ -57,6 +57,7 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             },
         ],
+        "secrets-backends": ["airflow_llm_provider.secrets.vault.VaultBackend"],
         "task-decorators": [
             {"name": "cascade", "class-name": "airflow_llm_provider.decorators.cascade.cascade_task"},
         ],

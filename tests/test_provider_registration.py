@@ -99,6 +99,9 @@ def test_provider_config_defaults_reach_airflow_config():
         "airflow_llm_provider.hooks.llm",
         "airflow_llm_provider.plugins.llm_plugin",
         "airflow_llm_provider.get_provider_info",
+        "airflow_llm_provider.secrets.vault",
+        "airflow_llm_provider.operators.cascade",
+        "airflow_llm_provider.decorators.cascade",
     ],
 )
 def test_parse_time_imports_stay_cheap(module):

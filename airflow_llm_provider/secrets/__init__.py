@@ -1,0 +1,1 @@
+"""Secrets backends shipped with the provider (``[secrets] backend = ...``)."""
