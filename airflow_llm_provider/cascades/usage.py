@@ -8,6 +8,7 @@ connection's declared ``extra.price`` (self-hosted models) or from pydantic-ai's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Mapping
@@ -160,45 +161,29 @@ class UsageTotals:
             "unpriced_calls": self.unpriced_calls,
         }
 
-
-@dataclass
-class _Accumulator:
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    cache_hits: int = 0
-    unpriced_calls: int = 0
-
-    def add(self, record: CallRecord) -> None:
+    def plus(self, record: CallRecord) -> UsageTotals:
+        """These totals with ``record`` added (a cache hit counts as a hit only: its tokens were
+        spent by the run that filled the cache)."""
         if record.cache_hit:
-            # Served from the cache: the tokens were spent by the run that filled it, not this one.
-            self.cache_hits += 1
-            return
-        self.requests += record.requests
-        self.input_tokens += record.input_tokens
-        self.output_tokens += record.output_tokens
-        if record.cost_usd is None:
-            self.unpriced_calls += 1
-        else:
-            self.cost_usd += record.cost_usd
-
-    def freeze(self) -> UsageTotals:
-        return UsageTotals(
-            requests=self.requests,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cost_usd=self.cost_usd,
-            cache_hits=self.cache_hits,
-            unpriced_calls=self.unpriced_calls,
+            return self.plus_cache_hit()
+        return dataclasses.replace(
+            self,
+            requests=self.requests + record.requests,
+            input_tokens=self.input_tokens + record.input_tokens,
+            output_tokens=self.output_tokens + record.output_tokens,
+            cost_usd=self.cost_usd + (record.cost_usd or 0.0),
+            unpriced_calls=self.unpriced_calls + (record.cost_usd is None),
         )
+
+    def plus_cache_hit(self) -> UsageTotals:
+        return dataclasses.replace(self, cache_hits=self.cache_hits + 1)
 
 
 @dataclass
 class _State:
     records: list[CallRecord] = field(default_factory=list)
-    total: _Accumulator = field(default_factory=_Accumulator)
-    phases: dict[str, _Accumulator] = field(default_factory=dict)
+    total: UsageTotals = field(default_factory=UsageTotals)
+    phases: dict[str, UsageTotals] = field(default_factory=dict)
     output_tokens_seen: int = 0
     calls_seen: int = 0
 
@@ -219,8 +204,8 @@ class UsageTracker:
         with self._lock:
             state = self._state
             state.records.append(record)
-            state.total.add(record)
-            state.phases.setdefault(record.phase, _Accumulator()).add(record)
+            state.total = state.total.plus(record)
+            state.phases[record.phase] = state.phases.get(record.phase, UsageTotals()).plus(record)
             if not record.cache_hit:
                 state.output_tokens_seen += record.output_tokens
                 state.calls_seen += 1
@@ -228,8 +213,9 @@ class UsageTracker:
     def record_cache_hit(self, phase: str) -> None:
         """Count a phase answered from the cache (no tokens spent)."""
         with self._lock:
-            self._state.total.cache_hits += 1
-            self._state.phases.setdefault(phase, _Accumulator()).cache_hits += 1
+            state = self._state
+            state.total = state.total.plus_cache_hit()
+            state.phases[phase] = state.phases.get(phase, UsageTotals()).plus_cache_hit()
 
     @property
     def records(self) -> list[CallRecord]:
@@ -239,12 +225,12 @@ class UsageTracker:
 
     def totals(self) -> UsageTotals:
         with self._lock:
-            return self._state.total.freeze()
+            return self._state.total
 
     def by_phase(self) -> dict[str, UsageTotals]:
         """Totals per phase, in the order phases first appeared."""
         with self._lock:
-            return {phase: acc.freeze() for phase, acc in self._state.phases.items()}
+            return dict(self._state.phases)
 
     def average_output_tokens(self) -> int | None:
         """Mean output tokens of the calls made so far (cache hits excluded); ``None`` before any."""
