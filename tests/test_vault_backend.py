@@ -291,11 +291,6 @@ def test_wrong_approle_secret_is_a_clear_error(vault, make_backend, approle):
         backend.get_variable("anything")
 
 
-def test_unsupported_auth_type(vault):
-    with pytest.raises(NotImplementedError, match=r"token, approle, userpass"):
-        VaultBackend(url=vault.url, auth_type="kubernetes")
-
-
 def test_expired_token_relogs_in_with_approle(vault, make_backend, approle):
     key = _unique("expiry")
     _put(vault, f"variables/{key}", value="after-expiry")
@@ -394,6 +389,70 @@ def test_unreachable_returns_none_and_warns_once(capfd):
         assert backend.get_variable("a") is None
         assert backend.get_conn_value("b") is None
     assert _warnings(log, "is unreachable") == 1
+
+
+def test_unreachable_vault_is_not_asked_again_until_the_retry_interval(capfd):
+    """The circuit breaker: while Vault is down, lookups fall through at once instead of each
+    paying a connection attempt (the stock backend keeps hammering it, apache/airflow#9713)."""
+    import socket
+
+    # A port that accepts nothing: a listening socket whose backlog is never served, so connects
+    # wait for the timeout instead of failing fast.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    backend = VaultBackend(url=f"http://127.0.0.1:{blackhole.getsockname()[1]}", token="t", timeout=0.5)
+    try:
+        with capture_hook_log(backend, capfd) as log:
+            started = time.monotonic()
+            assert backend.get_variable("first") is None
+            first = time.monotonic() - started
+            started = time.monotonic()
+            for i in range(50):
+                assert backend.get_variable(f"next{i}") is None
+            rest = time.monotonic() - started
+        assert first >= 0.4
+        assert rest < 0.25, f"50 lookups during the outage took {rest:.2f}s"
+        assert _warnings(log, "is unreachable") == 1
+    finally:
+        blackhole.close()
+
+
+def test_vault_stopped_mid_run_warns_serves_known_values_and_recovers(disposable_vault, capfd):
+    server = disposable_vault.server
+    server.client().secrets.kv.v2.create_or_update_secret(
+        path="variables/known", secret={"value": "read-before-outage"}, mount_point="secret"
+    )
+    backend = VaultBackend(
+        url=server.url, token=server.token, cache_ttl_seconds=0.5, unreachable_retry_seconds=0.5
+    )
+    assert backend.get_variable("known") == "read-before-outage"
+
+    disposable_vault.stop()
+    time.sleep(0.6)  # the cached value has expired
+    with capture_hook_log(backend, capfd) as log:
+        assert backend.get_variable("known") == "read-before-outage"  # stale, not lost
+        assert backend.get_variable("never_read") is None  # falls through to the next backend
+        assert backend.get_conn_value("some_conn") is None
+    assert _warnings(log, "is unreachable") == 1
+    assert "read-before-outage" not in log.text
+
+
+def test_team_paths_are_tried_before_the_shared_one(vault, make_backend):
+    team, key = _unique("team"), _unique("teamvar")
+    _put(vault, f"variables/{team}/{key}", value="team-value")
+    _put(vault, f"variables/{key}", value="shared-value")
+    backend = make_backend()
+    assert backend.get_variable(key, team_name=team) == "team-value"
+    assert backend.get_variable(key) == "shared-value"
+    assert make_backend(use_team_secrets_path=False).get_variable(key, team_name=team) == "shared-value"
+
+
+def test_global_secrets_path_is_the_last_fallback(vault, make_backend):
+    key = _unique("global")
+    _put(vault, f"shared/{key}", value="from-global")
+    assert make_backend(global_secrets_path="shared").get_variable(key) == "from-global"
+    assert make_backend().get_variable(key) is None
 
 
 def test_unreachable_raises_when_asked():

@@ -1,7 +1,7 @@
 """VaultBackend: HashiCorp Vault / OpenBao KV secrets with one login per process and a TTL cache.
 
-Configured like the hashicorp provider's backend (same ``backend_kwargs`` names for the options it
-supports), so migrating is a one-line class change::
+Configured like the hashicorp provider's backend (the same ``backend_kwargs``), so migrating is a
+one-line class change::
 
     [secrets]
     backend = airflow_llm_provider.secrets.vault.VaultBackend
@@ -9,12 +9,14 @@ supports), so migrating is a one-line class change::
 
 What differs from the stock backend:
 
-* one ``hvac.Client`` per backend instance, created on first use; it logs in once and only logs in
-  again when Vault answers 403 (a second 403 raises, naming the auth method and the path);
+* one ``hvac.Client`` per backend instance, created on first use; it logs in once, renews its
+  token before it expires (or logs in again when the token cannot be renewed), and logs in again
+  once when Vault answers 403 (a second 403 raises, naming the auth method and the path);
 * a process-local, thread-safe TTL cache of hits (``cache_ttl_seconds``, 300) and misses
   (``negative_cache_ttl_seconds``, 30), keyed by (kind, path, key);
 * Vault being unreachable logs one WARNING per minute and falls through to the next backend
-  (``raise_on_unreachable=True`` raises instead); rejected credentials raise a clear error;
+  (``raise_on_unreachable=True`` raises instead); for ``unreachable_retry_seconds`` after that no
+  lookup waits on Vault, and values read before the outage keep being served;
 * ``kv_engine_version="auto"`` reads the mount's version from ``sys/mounts``;
 * every value read is registered with Airflow's secrets masker; values are never logged.
 
@@ -27,6 +29,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -34,14 +37,26 @@ from airflow.providers.common.compat.sdk import AirflowException
 from airflow.secrets import BaseSecretsBackend
 from airflow.utils.log.logging_mixin import LoggingMixin
 
+from airflow_llm_provider.secrets.vault_auth import (
+    AUTH_KWARGS,
+    AUTH_METHODS,
+    AuthParams,
+    VaultAuthConfigError,
+    auth_method,
+)
+
 if TYPE_CHECKING:
     import hvac
 
-SUPPORTED_AUTH_TYPES = ("token", "approle", "userpass")
+SUPPORTED_AUTH_TYPES = tuple(AUTH_METHODS)
 KV_ENGINE_VERSIONS = (1, 2, "auto")
 UNREACHABLE_WARNING_INTERVAL = 60.0
+# A token is renewed once this share of its TTL has passed (Vault Agent renews at about 2/3 too).
+RENEW_AT_FRACTION = 2 / 3
 # Options of the stock backend that this one accepts and passes to hvac.Client unchanged.
 CLIENT_PASSTHROUGH_KWARGS = ("cert", "proxies", "session")
+# Accepted for drop-in compatibility, with no effect here (documented in docs/vault.md).
+IGNORED_STOCK_KWARGS = ("gcp_scopes", "azure_tenant_id", "radius_host", "radius_secret", "radius_port")
 
 
 class VaultBackendError(AirflowException):
@@ -83,8 +98,34 @@ def _as_paths(value: str | Sequence[str] | None) -> list[str]:
     return [p.strip("/") for p in value]
 
 
+def _retrying_session() -> Any:
+    """A requests session that retries what Vault means as transient (5xx, 412 on replicas)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    # connect=0: a closed port is an outage, which the circuit breaker handles without waiting.
+    retry = Retry(
+        total=3,
+        connect=0,
+        read=1,
+        backoff_factor=0.1,
+        status_forcelist=(412, 500, 502, 503),
+        allowed_methods=None,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class _TTLCache:
-    """A process-local dict with per-entry expiry, safe to share between threads."""
+    """A process-local dict with per-entry expiry, safe to share between threads.
+
+    Expired entries stay until replaced so that :meth:`stale` can serve a value while Vault is down.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -93,13 +134,15 @@ class _TTLCache:
     def get(self, key: tuple[str, str, str]) -> tuple[bool, Any]:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
-                return False, None
-            expires, value = entry
-            if time.monotonic() >= expires:
-                del self._entries[key]
-                return False, None
-            return True, value
+        if entry is None or time.monotonic() >= entry[0]:
+            return False, None
+        return True, entry[1]
+
+    def stale(self, key: tuple[str, str, str]) -> Any:
+        """The last value stored under ``key``, expired or not (None if none)."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return None if entry is None else entry[1]
 
     def put(self, key: tuple[str, str, str], value: Any, ttl: float) -> None:
         if ttl <= 0:
@@ -110,6 +153,25 @@ class _TTLCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+@dataclass
+class _TokenLease:
+    """When the current token was obtained and for how long Vault granted it."""
+
+    obtained: float
+    ttl: float
+    renewable: bool
+
+    @classmethod
+    def from_auth(cls, response: Any) -> _TokenLease | None:
+        auth = response.get("auth") if isinstance(response, dict) else None
+        if not auth or not auth.get("lease_duration"):
+            return None  # no expiry known (root or non-expiring token)
+        return cls(time.monotonic(), float(auth["lease_duration"]), bool(auth.get("renewable")))
+
+    def due(self) -> bool:
+        return time.monotonic() - self.obtained >= self.ttl * RENEW_AT_FRACTION
 
 
 class VaultBackend(BaseSecretsBackend, LoggingMixin):
@@ -125,19 +187,22 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
         connections; ``None`` disables connection lookups.
     :param variables_path: the same for variables.
     :param config_path: the same for config values (``[section] option_secret = <key>``).
+    :param use_team_secrets_path: with Airflow's multi-team mode, look in ``<path>/<team>`` before
+        ``<path>`` for a team's connections and variables.
+    :param global_secrets_path: one more path tried last for every kind (the stock backend's
+        deprecated option).
     :param url: Vault address (default: ``VAULT_ADDR`` via hvac).
     :param mount_point: KV mount (default ``secret``); ``None`` means the first segment of each
         path is the mount.
     :param kv_engine_version: ``1``, ``2`` or ``"auto"`` (read from ``sys/mounts``; needs a token
         allowed to read it, otherwise 2 with a warning).
-    :param auth_type: ``token`` (default), ``approle`` or ``userpass``.
+    :param auth_type: one of :data:`SUPPORTED_AUTH_TYPES` (default ``token``); each takes the
+        hashicorp backend's parameters (``role_id``/``secret_id``, ``username``/``password``,
+        ``kubernetes_role``/``kubernetes_jwt_path``, ``jwt_role``/``jwt_token``/``jwt_token_path``,
+        ``key_id``/``secret_id``/``region`` …), see docs/vault.md.
     :param auth_mount_point: where the auth method is mounted (default: its name).
     :param token: token for ``token`` auth (default: ``VAULT_TOKEN`` via hvac).
     :param token_path: file holding the token; read at login and again after a 403.
-    :param role_id: AppRole role id.
-    :param secret_id: AppRole secret id.
-    :param username: userpass user.
-    :param password: userpass password.
     :param namespace: Vault Enterprise / OpenBao namespace.
     :param verify: TLS verification: a bool or a CA bundle path.
     :param timeout: seconds per HTTP request (default 30).
@@ -146,6 +211,8 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
     :param negative_cache_ttl_seconds: how long a miss is remembered (default 30; 0 disables).
     :param raise_on_unreachable: raise :class:`VaultUnreachableError` instead of returning None
         when Vault cannot be reached.
+    :param unreachable_retry_seconds: after Vault was found unreachable, lookups skip it (serving
+        values read before, else falling through) for this long (default 30; 0 tries every time).
     """
 
     def __init__(
@@ -153,46 +220,38 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
         connections_path: str | Sequence[str] | None = "connections",
         variables_path: str | Sequence[str] | None = "variables",
         config_path: str | Sequence[str] | None = "config",
+        use_team_secrets_path: bool = True,
+        global_secrets_path: str | None = None,
         url: str | None = None,
         mount_point: str | None = "secret",
         kv_engine_version: int | str = 2,
         auth_type: str = "token",
         auth_mount_point: str | None = None,
-        token: str | None = None,
-        token_path: str | None = None,
-        role_id: str | None = None,
-        secret_id: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
         namespace: str | None = None,
         verify: bool | str | None = None,
         timeout: float = 30,
         cache_ttl_seconds: float = 300,
         negative_cache_ttl_seconds: float = 30,
         raise_on_unreachable: bool = False,
+        unreachable_retry_seconds: float = 30,
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        self.connections_paths = _as_paths(connections_path)
-        self.variables_paths = _as_paths(variables_path)
-        self.config_paths = _as_paths(config_path)
+        extra_paths = _as_paths(global_secrets_path)
+        self.connections_paths = _as_paths(connections_path) + extra_paths
+        self.variables_paths = _as_paths(variables_path) + extra_paths
+        self.config_paths = _as_paths(config_path) + extra_paths
+        self.use_team_secrets_path = _as_bool(use_team_secrets_path)
         self.url = url
         self.mount_point = mount_point.strip("/") if mount_point else None
         self.kv_engine_version = self._parse_kv_version(kv_engine_version)
         self.auth_type = (auth_type or "token").strip().lower()
-        if self.auth_type not in SUPPORTED_AUTH_TYPES:
-            raise NotImplementedError(
-                f"VaultBackend auth_type={auth_type!r} is not supported by "
-                f"airflow_llm_provider.secrets.vault.VaultBackend; supported: "
-                f"{', '.join(SUPPORTED_AUTH_TYPES)}. Use the hashicorp provider's backend for other methods."
-            )
-        self.auth_mount_point = (auth_mount_point or self.auth_type).strip("/")
-        self.token = token
-        self.token_path = token_path
-        self.role_id = role_id
-        self.secret_id = secret_id
-        self.username = username
-        self.password = password
+        self._auth_params = AuthParams({name: kwargs.pop(name) for name in AUTH_KWARGS if name in kwargs})
+        try:
+            self._auth_method = auth_method(self.auth_type, self._auth_params)
+        except VaultAuthConfigError as err:
+            raise VaultBackendError(f"VaultBackend: {err}") from None
+        self.auth_mount_point = (auth_mount_point or self.auth_type.replace("_iam", "")).strip("/")
         self.namespace = namespace
         self.verify = verify if verify is None or not isinstance(verify, str) else self._parse_verify(verify)
         self.timeout = float(timeout)
@@ -201,19 +260,20 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
             float(negative_cache_ttl_seconds) if self.cache_ttl_seconds > 0 else 0.0
         )
         self.raise_on_unreachable = _as_bool(raise_on_unreachable)
+        self.unreachable_retry_seconds = float(unreachable_retry_seconds)
         self._client_kwargs = {k: kwargs.pop(k) for k in CLIENT_PASSTHROUGH_KWARGS if k in kwargs}
-        if kwargs:
-            self.log.warning(
-                "VaultBackend ignores these backend_kwargs (not supported): %s", ", ".join(sorted(kwargs))
-            )
-        self._check_auth_params()
+        unknown = sorted(set(kwargs) - set(IGNORED_STOCK_KWARGS))
+        if unknown:
+            self.log.warning("VaultBackend ignores these unknown backend_kwargs: %s", ", ".join(unknown))
 
         self._client: hvac.Client | None = None
+        self._lease: _TokenLease | None = None
         self._client_lock = threading.RLock()
         self._detected_versions: dict[str, int] = {}
         self._cache = _TTLCache()
-        self._warning_lock = threading.Lock()
+        self._outage_lock = threading.Lock()
         self._last_unreachable_warning: float | None = None
+        self._skip_vault_until = 0.0
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -234,43 +294,44 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
             return lowered in ("true", "1", "yes")
         return value
 
-    def _check_auth_params(self) -> None:
-        missing: list[str] = []
-        if self.auth_type == "approle" and not self.role_id:
-            missing.append("role_id")
-        if self.auth_type == "userpass":
-            missing += [name for name in ("username", "password") if not getattr(self, name)]
-        if missing:
-            raise VaultBackendError(f"VaultBackend auth_type={self.auth_type!r} needs {', '.join(missing)}")
-
     # -- client and login ---------------------------------------------------------------------
 
     def _describe_auth(self) -> str:
         if self.auth_type == "token":
-            return "auth_type='token'" + (f" (token_path={self.token_path!r})" if self.token_path else "")
+            token_path = self._auth_params.get("token_path")
+            return "auth_type='token'" + (f" (token_path={token_path!r})" if token_path else "")
         return f"auth_type={self.auth_type!r} at auth mount {self.auth_mount_point!r}"
 
     @property
     def client(self) -> hvac.Client:
-        """The logged-in hvac client (created and logged in on first use)."""
+        """The logged-in hvac client: created on first use, its token renewed when due."""
         with self._client_lock:
             if self._client is None:
                 self._client = self._login()
+            elif self._lease is not None and self._lease.due():
+                self._refresh_token(self._client)
             return self._client
 
-    def _login(self) -> hvac.Client:
+    def _new_client(self) -> hvac.Client:
         import hvac
-        import hvac.exceptions
 
         kwargs: dict[str, Any] = dict(self._client_kwargs)
+        kwargs.setdefault("session", _retrying_session())
         if self.verify is not None:
             kwargs["verify"] = self.verify
-        client = hvac.Client(url=self.url, timeout=self.timeout, namespace=self.namespace, **kwargs)
+        return hvac.Client(url=self.url, timeout=self.timeout, namespace=self.namespace, **kwargs)
+
+    def _login(self) -> hvac.Client:
+        import hvac.exceptions
+
+        client = self._new_client()
+        self._lease = None
+        login = self._auth_method.login
         try:
-            if self.auth_type == "token":
-                token = self.token
-                if self.token_path:
-                    with open(self.token_path) as handle:
+            if login is None:
+                token = self._auth_params.get("token")
+                if self._auth_params.get("token_path"):
+                    with open(self._auth_params.get("token_path")) as handle:
                         token = handle.read().strip()
                 if token:
                     client.token = token
@@ -278,14 +339,10 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
                     raise VaultBackendError(
                         "VaultBackend auth_type='token' has no token: set token, token_path or VAULT_TOKEN"
                     )
-            elif self.auth_type == "approle":
-                client.auth.approle.login(
-                    role_id=self.role_id, secret_id=self.secret_id, mount_point=self.auth_mount_point
-                )
             else:
-                client.auth.userpass.login(
-                    username=self.username, password=self.password, mount_point=self.auth_mount_point
-                )
+                self._lease = _TokenLease.from_auth(login(client, self._auth_params, self.auth_mount_point))
+        except VaultAuthConfigError as err:
+            raise VaultBackendError(f"Vault login with {self._describe_auth()} failed: {err}") from None
         except hvac.exceptions.VaultDown:
             raise
         except hvac.exceptions.VaultError as err:
@@ -295,6 +352,27 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
             ) from err
         self.log.debug("Vault login done with %s", self._describe_auth())
         return client
+
+    def _refresh_token(self, client: hvac.Client) -> None:
+        """Renew the token before it expires; log in again when Vault will not extend it enough."""
+        import hvac.exceptions
+
+        lease = self._lease
+        assert lease is not None
+        if lease.renewable:
+            try:
+                renewed = _TokenLease.from_auth(client.auth.token.renew_self())
+            except hvac.exceptions.VaultDown:
+                raise
+            except hvac.exceptions.VaultError as err:
+                self.log.info("Vault token renewal refused (%s); logging in again", type(err).__name__)
+            else:
+                # Capped by the token's max TTL: a renewal that barely helps means log in instead.
+                if renewed is not None and renewed.ttl >= lease.ttl / 2:
+                    self._lease = renewed
+                    self.log.debug("Vault token renewed for %.0f s", renewed.ttl)
+                    return
+        self._client = self._login()
 
     def _with_relogin(self, what: str, call: Callable[[hvac.Client], Any]) -> Any:
         """Run ``call`` with the client; on a 403 log in again once and retry."""
@@ -382,17 +460,30 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
 
         return self._with_relogin(f"{mount}/{secret_path}", read)
 
+    def _team_paths(self, paths: list[str], team_name: str | None) -> list[str]:
+        if not team_name or not self.use_team_secrets_path:
+            return paths
+        return [p for path in paths for p in (f"{path}/{team_name}" if path else team_name, path)]
+
     def _lookup(self, kind: str, paths: list[str], key: str) -> dict[str, Any] | None:
         """The secret for ``key`` from the first of ``paths`` that has it (cached), else None."""
         for path in paths:
             cache_key = (kind, path, key)
             hit, data = self._cache.get(cache_key)
             if not hit:
+                if time.monotonic() < self._skip_vault_until:
+                    data = self._cache.stale(cache_key)  # Vault is down: serve what it said last
+                    if data is None:
+                        continue
+                    return data
                 try:
                     data = self._read(path, key)
                 except _unreachable_errors() as err:
                     self._on_unreachable(err, kind, key)
-                    return None
+                    data = self._cache.stale(cache_key)
+                    if data is None:
+                        continue
+                    return data
                 ttl = self.cache_ttl_seconds if data is not None else self.negative_cache_ttl_seconds
                 self._cache.put(cache_key, data, ttl)
             if data is not None:
@@ -406,7 +497,8 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
                 f"Vault at {self.url or '$VAULT_ADDR'} is unreachable while reading {kind} {key!r} ({cause})"
             ) from err
         now = time.monotonic()
-        with self._warning_lock:
+        with self._outage_lock:
+            self._skip_vault_until = now + self.unreachable_retry_seconds
             last = self._last_unreachable_warning
             quiet = last is not None and now - last < UNREACHABLE_WARNING_INTERVAL
             if not quiet:
@@ -416,11 +508,13 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
             return
         self.log.warning(
             "Vault at %s is unreachable (%s); %s %r and further lookups fall through to the next secrets "
-            "backend. This warning repeats at most every %d s.",
+            "backend (values read before are still served). Vault is tried again in %d s; this warning "
+            "repeats at most every %d s.",
             self.url or "$VAULT_ADDR",
             cause,
             kind,
             key,
+            int(self.unreachable_retry_seconds),
             int(UNREACHABLE_WARNING_INTERVAL),
         )
 
@@ -432,7 +526,7 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
 
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
         """A connection URI (``conn_uri``) or the JSON of the connection's fields, or None."""
-        data = self._lookup("connection", self.connections_paths, conn_id)
+        data = self._lookup("connection", self._team_paths(self.connections_paths, team_name), conn_id)
         if data is None:
             return None
         if "conn_uri" in data:
@@ -456,7 +550,7 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         """The ``value`` of ``<variables_path>/<key>``, or None."""
-        return self._value("variable", self.variables_paths, key)
+        return self._value("variable", self._team_paths(self.variables_paths, team_name), key)
 
     def get_config(self, key: str) -> str | None:
         """The ``value`` of ``<config_path>/<key>``, or None."""
