@@ -76,6 +76,33 @@ def mask_secret(value: Any) -> None:
     _mask(value)
 
 
+def _mask_values(kind: str, data: dict[str, Any]) -> None:
+    """Register a secret's values with the masker once, when read from Vault (the masker is
+    process-wide, so cache hits need not register them again)."""
+    if kind != "connection":
+        value = data.get("value")
+        if value is not None:
+            mask_secret(value if isinstance(value, str) else json.dumps(value))
+        return
+    if "conn_uri" in data:
+        uri = str(data["conn_uri"])
+        mask_secret(uri)
+        password = urlsplit(uri).password
+        if password:
+            mask_secret(unquote(password))
+        return
+    if data.get("password"):
+        mask_secret(str(data["password"]))
+    extra = data.get("extra")
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            extra = None
+    if isinstance(extra, dict):
+        mask_secret(extra)  # masks values whose key looks sensitive, e.g. api_key
+
+
 def _unreachable_errors() -> tuple[type[BaseException], ...]:
     import hvac.exceptions
     import requests
@@ -478,6 +505,8 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
                     return data
                 try:
                     data = self._read(path, key)
+                    if data is not None:
+                        _mask_values(kind, data)
                 except _unreachable_errors() as err:
                     self._on_unreachable(err, kind, key)
                     data = self._cache.stale(cache_key)
@@ -530,22 +559,7 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
         if data is None:
             return None
         if "conn_uri" in data:
-            uri = str(data["conn_uri"])
-            mask_secret(uri)
-            password = urlsplit(uri).password
-            if password:
-                mask_secret(unquote(password))
-            return uri
-        if data.get("password"):
-            mask_secret(str(data["password"]))
-        extra = data.get("extra")
-        if isinstance(extra, str):
-            try:
-                extra = json.loads(extra)
-            except ValueError:
-                extra = None
-        if isinstance(extra, dict):
-            mask_secret(extra)  # masks values whose key looks sensitive, e.g. api_key
+            return str(data["conn_uri"])
         return json.dumps(data)
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
@@ -569,6 +583,4 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
             )
             return None
         value = data["value"]
-        text = value if isinstance(value, str) else json.dumps(value)
-        mask_secret(text)
-        return text
+        return value if isinstance(value, str) else json.dumps(value)
