@@ -342,6 +342,29 @@ def test_repeated_lookups_cost_one_login_and_one_read_each(vault, make_backend, 
     assert vault.request_count() - before_total <= 2 + 5
 
 
+def test_threads_share_one_login_and_one_read_per_secret(vault, make_backend, approle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [_unique(f"thread{i}") for i in range(4)]
+    for key in keys:
+        _put(vault, f"variables/{key}", value=f"value-of-{key}")
+    role_id, secret_id = approle["long"]
+    backend = make_backend(auth_type="approle", role_id=role_id, secret_id=secret_id)
+    logins = vault.request_count("auth/approle/login")
+    reads = vault.request_count("secret/data/variables/")
+
+    def worker(index: int) -> list[str | None]:
+        return [backend.get_variable(keys[(index + i) % len(keys)]) for i in range(40)]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(worker, range(16)))
+
+    for index, values in enumerate(results):
+        assert values == [f"value-of-{keys[(index + i) % len(keys)]}" for i in range(40)]
+    assert vault.request_count("auth/approle/login") - logins == 1
+    assert vault.request_count("secret/data/variables/") - reads == len(keys)
+
+
 def test_miss_is_cached_until_negative_ttl(vault, make_backend):
     key = _unique("miss")
     path = f"secret/data/variables/{key}"

@@ -157,6 +157,12 @@ class _TTLCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str, str], tuple[float, Any]] = {}
+        self._fill_locks: dict[tuple[str, str, str], threading.Lock] = {}
+
+    def fill_lock(self, key: tuple[str, str, str]) -> threading.Lock:
+        """The lock a thread holds while it fetches ``key`` (one per key, kept for reuse)."""
+        with self._lock:
+            return self._fill_locks.setdefault(key, threading.Lock())
 
     def get(self, key: tuple[str, str, str]) -> tuple[bool, Any]:
         with self._lock:
@@ -498,26 +504,31 @@ class VaultBackend(BaseSecretsBackend, LoggingMixin):
             cache_key = (kind, path, key)
             hit, data = self._cache.get(cache_key)
             if not hit:
-                if time.monotonic() < self._skip_vault_until:
-                    data = self._cache.stale(cache_key)  # Vault is down: serve what it said last
-                    if data is None:
-                        continue
-                    return data
-                try:
-                    data = self._read(path, key)
-                    if data is not None:
-                        _mask_values(kind, data)
-                except _unreachable_errors() as err:
-                    self._on_unreachable(err, kind, key)
-                    data = self._cache.stale(cache_key)
-                    if data is None:
-                        continue
-                    return data
-                ttl = self.cache_ttl_seconds if data is not None else self.negative_cache_ttl_seconds
-                self._cache.put(cache_key, data, ttl)
+                # One thread reads a missing key; the others wait and take its answer from the cache.
+                with self._cache.fill_lock(cache_key):
+                    hit, data = self._cache.get(cache_key)
+                    if not hit:
+                        data = self._fetch(kind, path, key)
             if data is not None:
                 return data
         return None
+
+    def _fetch(self, kind: str, path: str, key: str) -> dict[str, Any] | None:
+        """Read one secret from Vault and cache the answer; during an outage, the last known value."""
+        cache_key = (kind, path, key)
+        if time.monotonic() < self._skip_vault_until:
+            return self._cache.stale(cache_key)  # Vault is down: serve what it said last, if anything
+        try:
+            data = self._read(path, key)
+        except _unreachable_errors() as err:
+            self._on_unreachable(err, kind, key)
+            return self._cache.stale(cache_key)
+        if data is not None:
+            _mask_values(kind, data)
+        self._cache.put(
+            cache_key, data, self.cache_ttl_seconds if data is not None else self.negative_cache_ttl_seconds
+        )
+        return data
 
     def _on_unreachable(self, err: BaseException, kind: str, key: str) -> None:
         cause = f"{type(err).__name__}: {err}"
