@@ -8,7 +8,7 @@ VENV := .venv
 VENV_AF2 := .venv-af2
 PYTEST_ARGS ?=
 
-.PHONY: help install install-airflow2 lock up test test-airflow2 test-unit lint format clean
+.PHONY: help install install-airflow2 lock up test test-airflow2 test-celery test-unit lint format clean
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -47,6 +47,9 @@ test: install ## the whole suite on Airflow 3.3 (unit + dag.test + e2e)
 
 test-unit: install ## the suite without the slow e2e tests
 	$(VENV)/bin/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-celery: install ## the e2e suite on CeleryExecutor: PostgreSQL metadata DB, Redis broker, 2 workers
+	ALP_E2E_EXECUTOR=celery $(VENV)/bin/python -m pytest -m e2e --ignore=tests/e2e/test_make_up.py $(PYTEST_ARGS)
 
 test-airflow2: install-airflow2 ## the whole suite on Airflow 2.11
 	$(VENV_AF2)/bin/python -m pytest $(PYTEST_ARGS)
