@@ -56,6 +56,22 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_llm_provider.operators.cascade_phase",
                 ],
             },
+            {
+                "integration-name": INTEGRATION_QUBINODE,
+                "python-modules": ["airflow_llm_provider.operators.qubinode"],
+            },
+        ],
+        "sensors": [
+            {
+                "integration-name": INTEGRATION_QUBINODE,
+                "python-modules": ["airflow_llm_provider.sensors.qubinode"],
+            },
+        ],
+        "triggers": [
+            {
+                "integration-name": INTEGRATION_QUBINODE,
+                "python-modules": ["airflow_llm_provider.triggers.qubinode"],
+            },
         ],
         "secrets-backends": ["airflow_llm_provider.secrets.vault.VaultBackend"],
         "task-decorators": [

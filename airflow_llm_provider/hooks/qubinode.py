@@ -47,6 +47,13 @@ STDERR_TAIL = 2000
 # -P keys whose values are never logged nor put into exception messages.
 SECRET_PARAM = re.compile(r"pass|secret|token|credential|api_?key|private|auth", re.IGNORECASE)
 PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_OR_PARAM_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# kcli names: plans, clusters, kube kinds, pipeline components (path segments below pipelines_dir).
+KUBE_KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
+COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
+PIPELINE_ACTIONS = ("create", "delete", "status")
+UP_STATUSES = ("up", "running")
 TRUE_WORDS = ("true", "yes", "1", "on")
 FALSE_WORDS = ("false", "no", "0", "off")
 
@@ -119,6 +126,18 @@ class QubinodeVMNotFound(QubinodeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name,))
+
+
+class QubinodeNotFound(QubinodeError):
+    """A named plan or cluster does not exist on the hypervisor."""
+
+    def __init__(self, kind: str, name: str, where: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"{kind.capitalize()} {name!r} not found{' on ' + where if where else ''}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.name))
 
 
 # ------------------------------------------------------------------------------------------ data types
@@ -220,6 +239,72 @@ def check_vm_name(name: Any) -> str:
     return name
 
 
+def check_name(name: Any, what: str) -> str:
+    """A plan or cluster name: the same rules as a VM name."""
+    try:
+        return check_vm_name(name)
+    except QubinodeConfigError as err:
+        raise QubinodeConfigError(
+            str(err).replace("VM name", f"{what} name").replace("A VM", f"A {what}")
+        ) from None
+
+
+def check_path(value: Any, what: str) -> str:
+    """A path-like argument: non-empty text, not option-like, no control characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise QubinodeConfigError(f"{what} must be a non-empty string, not {value!r}")
+    if value.startswith("-"):
+        raise QubinodeConfigError(f"{what} {value!r} starts with '-': it would be read as an option")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise QubinodeConfigError(f"{what} {value!r} contains a control character")
+    return value
+
+
+def env_assignments(variables: Mapping[str, Any]) -> list[str]:
+    """``KEY=value`` items for ``env`` (keys checked; values as text, booleans as true/false)."""
+    items = []
+    for key, value in variables.items():
+        if not isinstance(key, str) or not ENV_KEY.match(key):
+            raise QubinodeConfigError(f"Invalid environment variable name {key!r}")
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif value is None:
+            text = ""
+        elif isinstance(value, str | int | float):
+            text = str(value)
+        else:
+            text = json.dumps(value, separators=(",", ":"))
+        if "\0" in text:
+            raise QubinodeConfigError(f"Environment variable {key!r} contains a NUL")
+        items.append(f"{key}={text}")
+    return items
+
+
+def normalize_status(status: str) -> str:
+    """kcli reports ``up``; ``running`` (libvirt, other tools) means the same."""
+    status = (status or "").strip().lower()
+    return "up" if status in UP_STATUSES else status
+
+
+def vm_ip(vm: Mapping[str, Any]) -> str | None:
+    """The first IP kcli reports for a VM (``ip``, else the first of ``ips``)."""
+    ip = vm.get("ip")
+    if not ip and isinstance(vm.get("ips"), list) and vm["ips"]:
+        ip = vm["ips"][0]
+    return str(ip) if ip else None
+
+
+def _as_list_of_dicts(data: Any, key: str) -> list[dict[str, Any]]:
+    """kcli's list answers: a list of dicts, or a dict keyed by name (older versions)."""
+    if data is None:
+        return []
+    if isinstance(data, dict):
+        data = [{key: k, **v} if isinstance(v, dict) else {key: k, "value": v} for k, v in data.items()]
+    if not isinstance(data, list):
+        return []
+    return [entry for entry in data if isinstance(entry, dict)]
+
+
 def format_param(key: str, value: Any) -> str:
     """One kcli ``-P key=value`` item. Lists/dicts become JSON (which kcli's YAML parser reads)."""
     if not isinstance(key, str) or not PARAM_KEY.match(key):
@@ -237,18 +322,40 @@ def format_param(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
+def _redact_extra_vars(text: str) -> str:
+    """An ansible ``--extra-vars`` JSON with the values of secret-looking keys replaced by ``***``."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: "***" if SECRET_PARAM.search(str(k)) else scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    return json.dumps(scrub(data), separators=(",", ":"))
+
+
 def redact(argv: Sequence[str]) -> list[str]:
-    """``argv`` with the values of secret-looking ``-P key=value`` items replaced by ``***``."""
+    """``argv`` with secret values replaced by ``***``.
+
+    Covers kcli ``-P key=value`` items, ``env KEY=value`` assignments and ``--option=value`` items
+    whose key looks secret (``*password*``, ``*token*``...), and secret keys inside an ansible
+    ``--extra-vars`` JSON.
+    """
     out: list[str] = []
-    after_param = False
+    previous = ""
     for item in argv:
-        if after_param and "=" in item:
-            key = item.split("=", 1)[0]
-            item = f"{key}=***" if SECRET_PARAM.search(key) else item
-        elif item.startswith("--") and "=" in item and SECRET_PARAM.search(item.split("=", 1)[0]):
-            item = item.split("=", 1)[0] + "=***"
+        key = item.split("=", 1)[0]
+        if previous in ("-e", "--extra-vars") and item.startswith("{"):
+            item = _redact_extra_vars(item)
+        elif "=" in item and SECRET_PARAM.search(key) and ENV_OR_PARAM_KEY.match(key.lstrip("-")):
+            item = f"{key}=***"
         out.append(item)
-        after_param = item in ("-P", "--param")
+        previous = item
     return out
 
 
@@ -296,6 +403,8 @@ class QubinodeHook(BaseHook):
     :param qubinode_conn_id: connection id (``qubinode_default``, e.g. from
         ``AIRFLOW_CONN_QUBINODE_DEFAULT``).
     :param cmd_timeout: seconds one command may run, overriding ``extra.cmd_timeout``.
+    :param kcli_client: kcli ``-C`` client, overriding ``extra.kcli_client`` (one connection to the
+        hypervisor then reaches ``aws``, ``gcp``, ``azure``... as configured in ``~/.kcli/config.yml``).
     """
 
     conn_name_attr = "qubinode_conn_id"
@@ -307,11 +416,15 @@ class QubinodeHook(BaseHook):
         self,
         qubinode_conn_id: str = DEFAULT_CONN_ID,
         cmd_timeout: float | None = None,
+        kcli_client: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.qubinode_conn_id = qubinode_conn_id
         self._cmd_timeout_override = cmd_timeout
+        if kcli_client is not None:
+            check_name(kcli_client, "kcli client")
+        self._kcli_client_override = kcli_client
         self._ssh_client: paramiko.SSHClient | None = None
 
     # ------------------------------------------------------------------------------ connection form
@@ -426,7 +539,7 @@ class QubinodeHook(BaseHook):
             conn_id=self.qubinode_conn_id,
             mode=mode,
             kcli_path=_extra(extra, "kcli_path") or "kcli",
-            kcli_client=_extra(extra, "kcli_client"),
+            kcli_client=self._kcli_client_override or _extra(extra, "kcli_client"),
             use_sudo=use_sudo,
             pipelines_dir=_extra(extra, "pipelines_dir"),
             navigator_dir=_extra(extra, "navigator_dir"),
@@ -647,10 +760,19 @@ class QubinodeHook(BaseHook):
         """The single shell line sent over SSH: every item quoted with ``shlex.quote``."""
         return shlex.join(self.full_argv(argv))
 
-    def run(self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True) -> CommandResult:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        stream: bool = False,
+    ) -> CommandResult:
         """Run ``argv`` on the hypervisor (or locally) and return its exit code and output.
 
         :param check: raise :class:`QubinodeCommandError` on a nonzero exit code.
+        :param stream: log every output line as it arrives (long deploy scripts and playbooks show
+            their progress in the task log); the whole output is still returned.
         :raises KcliNotFoundError: the program (kcli or sudo) does not exist there; always raised.
         """
         s = self.settings
@@ -658,11 +780,14 @@ class QubinodeHook(BaseHook):
         shown = shlex.join(redact(full))
         timeout = timeout if timeout is not None else s.cmd_timeout
         self.log.info("Running on %s: %s", s.target, shown)
+        lines = _LineLogger(self.log) if stream else None
         if s.mode == "local":
-            result = self._run_local(full, shown, timeout)
+            result = self._run_local(full, shown, timeout, lines)
         else:
-            result = self._run_ssh(self.command_line(argv), shown, timeout)
-        program_missing = self._missing_program(result, argv[0] if argv else "")
+            result = self._run_ssh(self.command_line(argv), shown, timeout, lines)
+        if lines is not None:
+            lines.flush()
+        program_missing = self._missing_program(result, [str(a) for a in argv])
         if program_missing:
             raise KcliNotFoundError(
                 result.command, result.returncode, result.stderr, result.stdout, message=program_missing
@@ -671,17 +796,24 @@ class QubinodeHook(BaseHook):
             raise QubinodeCommandError(result.command, result.returncode, result.stderr, result.stdout)
         return result
 
-    def _missing_program(self, result: CommandResult, program: str) -> str | None:
-        """A message when the exit says the program (kcli, or sudo) is missing, else ``None``."""
+    def _missing_program(self, result: CommandResult, argv: list[str]) -> str | None:
+        """A message when the exit says the program (kcli, sudo...) is missing, else ``None``.
+
+        For ``env [--chdir=D] K=V... program ...`` the program is the one env runs; then only env's
+        own message counts (a script's exit 127 is the script's business).
+        """
         if result.returncode not in (1, 126, 127):
             return None
+        wrapped = bool(argv) and argv[0] == "env"
+        program = _program_of(argv)
         candidates = ["sudo", program] if self.settings.use_sudo else [program]
+        reasons = "command not found|not found|No such file or directory|Permission denied"
         for candidate in candidates:
-            reasons = ("command not found", "not found", "No such file or directory", "Permission denied")
-            if any(f"{candidate}: {reason}" in result.stderr for reason in reasons):
+            pattern = rf"(^|\s|['\u2018]){re.escape(candidate)}['\u2019]?: ({reasons})"
+            if re.search(pattern, result.stderr, re.MULTILINE):
                 return self._not_found_message(candidate, result)
-        if result.returncode == 127 and not self.settings.use_sudo:  # the shell's "not found" code
-            return self._not_found_message(program, result)
+        if result.returncode == 127 and not self.settings.use_sudo and not wrapped:
+            return self._not_found_message(program, result)  # the shell's "not found" code
         return None
 
     def _not_found_message(self, program: str, result: CommandResult) -> str:
@@ -692,6 +824,12 @@ class QubinodeHook(BaseHook):
                 f"sudo not found on {where} (exit {result.returncode}: {detail}). Install sudo, log in "
                 "as root, or set extra use_sudo to false."
             )
+        if Path(program).name != Path(self.settings.kcli_path).name:
+            return (
+                f"{Path(program).name} not found: {program!r} is not an executable program on {where} "
+                f"(exit {result.returncode}: {detail}). Install it there (non-interactive SSH sessions "
+                "do not read ~/.bashrc, so ~/.local/bin may be missing from PATH)."
+            )
         return (
             f"kcli not found: {program!r} is not an executable program on {where} "
             f"(exit {result.returncode}: {detail}). Install kcli there, or set extra kcli_path to its "
@@ -699,11 +837,17 @@ class QubinodeHook(BaseHook):
             "missing from PATH)."
         )
 
-    def _run_local(self, full: list[str], shown: str, timeout: float | None) -> CommandResult:
+    def _run_local(
+        self, full: list[str], shown: str, timeout: float | None, lines: _LineLogger | None = None
+    ) -> CommandResult:
         try:
-            completed = subprocess.run(
-                full, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False
-            )
+            if lines is None:
+                completed = subprocess.run(
+                    full, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False
+                )
+                returncode, stdout, stderr = completed.returncode, completed.stdout, completed.stderr
+            else:
+                returncode, stdout, stderr = _stream_process(full, timeout, lines)
         except FileNotFoundError as err:
             missing = err.filename or full[0]
             result = CommandResult(shown, 127, "", f"{missing}: No such file or directory")
@@ -722,11 +866,11 @@ class QubinodeHook(BaseHook):
                 _decode(err.output),
                 message=f"Command timed out after {timeout:g}s: {shown}",
             ) from None
-        return CommandResult(
-            shown, completed.returncode, _decode(completed.stdout), _decode(completed.stderr)
-        )
+        return CommandResult(shown, returncode, _decode(stdout), _decode(stderr))
 
-    def _run_ssh(self, line: str, shown: str, timeout: float | None) -> CommandResult:
+    def _run_ssh(
+        self, line: str, shown: str, timeout: float | None, lines: _LineLogger | None = None
+    ) -> CommandResult:
         import selectors
 
         client = self.get_conn()
@@ -743,9 +887,15 @@ class QubinodeHook(BaseHook):
                 selector.register(channel, selectors.EVENT_READ)
                 while True:
                     while channel.recv_ready():
-                        out += channel.recv(65536)
+                        chunk = channel.recv(65536)
+                        out += chunk
+                        if lines is not None:
+                            lines.feed("stdout", chunk)
                     while channel.recv_stderr_ready():
-                        err += channel.recv_stderr(65536)
+                        chunk = channel.recv_stderr(65536)
+                        err += chunk
+                        if lines is not None:
+                            lines.feed("stderr", chunk)
                     done = channel.exit_status_ready() and (channel.eof_received or channel.closed)
                     if done and not channel.recv_ready() and not channel.recv_stderr_ready():
                         break
@@ -898,6 +1048,310 @@ class QubinodeHook(BaseHook):
         """``kcli restart vm NAME``; return the VM's info afterwards."""
         return self._vm_action("restart", name)
 
+    # --------------------------------------------------------------------------------- VM readiness
+
+    def get_vm_ip(self, name: str) -> str | None:
+        """The VM's IP as kcli reports it (``None`` until DHCP or the guest agent reports one)."""
+        vm = self.get_vm(name)
+        if vm is None:
+            raise QubinodeVMNotFound(name, self.settings.target)
+        return vm_ip(vm)
+
+    def port_open(self, address: str, port: int = SSH_DEFAULT_PORT, timeout: float = 5.0) -> bool:
+        """Whether ``address:port`` accepts TCP connections *as seen from the hypervisor*.
+
+        Over SSH this asks sshd for a ``direct-tcpip`` channel (what ``ssh -W`` does), so VMs on the
+        hypervisor's private libvirt network are checked from where they are reachable, and no shell
+        runs. In local mode it is a plain TCP connect from this machine.
+        """
+        import ipaddress
+        import socket
+
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise QubinodeConfigError(f"Not an IP address: {address!r}") from None
+        if self.settings.mode == "local":
+            try:
+                with socket.create_connection((address, int(port)), timeout=timeout):
+                    return True
+            except OSError:
+                return False
+        import paramiko
+
+        client = self.get_conn()
+        assert client is not None
+        transport = client.get_transport()
+        assert transport is not None
+        try:
+            channel = transport.open_channel(
+                "direct-tcpip", (address, int(port)), ("127.0.0.1", 0), timeout=timeout
+            )
+        except (paramiko.ChannelException, paramiko.SSHException, OSError, EOFError) as err:
+            self.log.debug("%s:%s not reachable from %s: %s", address, port, self.settings.target, err)
+            return False
+        channel.close()
+        return True
+
+    def check_vm(
+        self,
+        name: str,
+        target_status: str = "up",
+        require_ip: bool = False,
+        ssh_port: int | None = None,
+        missing_ok: bool = True,
+    ) -> tuple[bool, str, dict[str, Any] | None]:
+        """One readiness probe: ``(ready, why_not_or_ok, info)``.
+
+        ``running`` is accepted as ``up`` (kcli reports ``up``; other tools say running).
+        :param missing_ok: a missing VM is "not ready yet" instead of :class:`QubinodeVMNotFound`.
+        """
+        wanted = normalize_status(target_status)
+        vm = self.get_vm(name)
+        if vm is None:
+            if missing_ok:
+                return False, f"VM {name!r} does not exist (yet)", None
+            raise QubinodeVMNotFound(name, self.settings.target)
+        status = normalize_status(str(vm.get("status", "")))
+        if status != wanted:
+            return False, f"VM {name!r} is {vm.get('status')!r}, waiting for {wanted!r}", vm
+        ip = vm_ip(vm)
+        if (require_ip or ssh_port) and not ip:
+            return False, f"VM {name!r} is {status} but has no IP yet", vm
+        if ssh_port and ip and not self.port_open(ip, ssh_port):
+            return False, f"VM {name!r} has IP {ip} but port {ssh_port} does not answer yet", vm
+        return True, f"VM {name!r} is {status}" + (f" with IP {ip}" if ip else ""), vm
+
+    # ---------------------------------------------------------------------------------------- plans
+
+    def list_plans(self) -> list[dict[str, Any]]:
+        """``kcli -o json list plan``: one dict per plan (``plan`` or ``name``, ``vms``)."""
+        return _as_list_of_dicts(self.run_kcli("list", "plan", json_output=True), "plan")
+
+    def get_plan(self, plan: str) -> dict[str, Any] | None:
+        """The plan's entry of ``list plan``, or ``None``."""
+        check_name(plan, "plan")
+        for entry in self.list_plans():
+            if plan in (entry.get("plan"), entry.get("name")):
+                return entry
+        return None
+
+    def create_plan(
+        self,
+        plan: str,
+        file: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        paramfile: str | None = None,
+        url: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``kcli create plan -f FILE [-P k=v]... PLAN``; return the plan's ``list plan`` entry.
+
+        kcli itself skips VMs of the plan that already exist, so running it again (a retry after a
+        partial failure) completes the plan instead of duplicating it.
+
+        :param file: the plan file *on the hypervisor* (Jinja-rendered by kcli with ``params``).
+        :param url: a plan URL instead of a file (``-u``).
+        """
+        check_name(plan, "plan")
+        if bool(file) == bool(url):
+            raise QubinodeConfigError("create_plan takes a plan file or a url, exactly one")
+        args: list[str] = ["create", "plan"]
+        if file:
+            args += ["-f", check_path(file, "plan file")]
+        if url:
+            args += ["-u", check_path(url, "plan url")]
+        if paramfile:
+            args += ["--paramfile", check_path(paramfile, "paramfile")]
+        for key, value in (params or {}).items():
+            args += ["-P", format_param(key, value)]
+        args.append(plan)
+        self.run(self.kcli_argv(*args), timeout=timeout, stream=True)
+        created = self.get_plan(plan)
+        if created is None:
+            raise QubinodeCommandError(
+                shlex.join(redact(self.kcli_argv(*args))),
+                0,
+                message=f"kcli reported success creating plan {plan!r}, but no such plan exists on "
+                f"{self.settings.target}.",
+            )
+        return created
+
+    def delete_plan(self, plan: str, missing_ok: bool = False) -> bool:
+        """``kcli delete plan -y PLAN`` (its VMs included). Return whether the plan existed."""
+        check_name(plan, "plan")
+        if self.get_plan(plan) is None:
+            if missing_ok:
+                self.log.info("Plan %r does not exist on %s: nothing to delete.", plan, self.settings.target)
+                return False
+            raise QubinodeNotFound("plan", plan, self.settings.target)
+        self.run(self.kcli_argv("delete", "plan", "-y", plan), stream=True)
+        return True
+
+    # ----------------------------------------------------------------------------------------- kube
+
+    def list_kubes(self) -> list[dict[str, Any]]:
+        """``kcli -o json list kube``: one dict per cluster (``cluster`` or ``name``, ``type``...)."""
+        return _as_list_of_dicts(self.run_kcli("list", "kube", json_output=True), "cluster")
+
+    def get_kube(self, cluster: str) -> dict[str, Any] | None:
+        check_name(cluster, "cluster")
+        for entry in self.list_kubes():
+            if cluster in (entry.get("cluster"), entry.get("name")):
+                return entry
+        return None
+
+    def create_kube(
+        self,
+        cluster: str,
+        kind: str = "generic",
+        paramfile: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``kcli create kube KIND [--paramfile F] [-P k=v]... CLUSTER``, unless the cluster exists.
+
+        :param kind: ``openshift``, ``generic``, ``k3s``, ``rke2``, ``microshift``, ``hypershift``,
+            ``aks``, ``eks``, ``gke``... (kcli decides which it knows).
+        :param params: e.g. ``{"ctlplanes": 3, "workers": 2, "version": "stable", "tag": "4.16"}``;
+            secrets such as ``pull_secret`` are better given as a path in ``paramfile``.
+        :return: the cluster's ``list kube`` entry.
+        """
+        check_name(cluster, "cluster")
+        if not isinstance(kind, str) or not KUBE_KIND.match(kind):
+            raise QubinodeConfigError(f"Invalid kube kind {kind!r} (e.g. generic, openshift, k3s)")
+        existing = self.get_kube(cluster)
+        if existing is not None:
+            self.log.info(
+                "Cluster %r already exists on %s: not creating it again.", cluster, self.settings.target
+            )
+            return existing
+        args: list[str] = ["create", "kube", kind]
+        if paramfile:
+            args += ["--paramfile", check_path(paramfile, "paramfile")]
+        for key, value in (params or {}).items():
+            args += ["-P", format_param(key, value)]
+        args.append(cluster)
+        self.run(self.kcli_argv(*args), timeout=timeout, stream=True)
+        created = self.get_kube(cluster)
+        if created is None:
+            raise QubinodeCommandError(
+                shlex.join(redact(self.kcli_argv(*args))),
+                0,
+                message=f"kcli reported success creating cluster {cluster!r}, but no such cluster "
+                f"exists on {self.settings.target}.",
+            )
+        return created
+
+    def delete_kube(self, cluster: str, missing_ok: bool = False) -> bool:
+        """``kcli delete kube -y CLUSTER``. Return whether the cluster existed."""
+        check_name(cluster, "cluster")
+        if self.get_kube(cluster) is None:
+            if missing_ok:
+                self.log.info(
+                    "Cluster %r does not exist on %s: nothing to delete.", cluster, self.settings.target
+                )
+                return False
+            raise QubinodeNotFound("cluster", cluster, self.settings.target)
+        self.run(self.kcli_argv("delete", "kube", "-y", cluster), stream=True)
+        return True
+
+    # ----------------------------------------------------------------------- scripts and playbooks
+
+    def pipeline_script_path(
+        self, component: str, script: str = "deploy.sh", base_dir: str | None = None
+    ) -> str:
+        """``<base_dir or pipelines_dir>/<component>/<script>`` on the host (component validated)."""
+        if not isinstance(component, str) or not COMPONENT.match(component) or ".." in component.split("/"):
+            raise QubinodeConfigError(
+                f"Invalid component {component!r}: a directory name (or a/b path) below pipelines_dir"
+            )
+        if not isinstance(script, str) or not COMPONENT.match(script):
+            raise QubinodeConfigError(f"Invalid script name {script!r}")
+        base = base_dir or self.settings.pipelines_dir
+        if not base:
+            raise QubinodeConfigError(
+                f"Connection {self.qubinode_conn_id!r} has no extra pipelines_dir (the qubinode-pipelines "
+                "checkout on the host) and no base_dir was given"
+            )
+        return f"{base.rstrip('/')}/{component}/{script}"
+
+    def run_pipeline_script(
+        self,
+        component: str,
+        action: str = "create",
+        env: Mapping[str, Any] | None = None,
+        script: str = "deploy.sh",
+        base_dir: str | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """Run a kcli-pipelines component script, the way Qubinode's DAGs do.
+
+        Runs ``<pipelines_dir>/<component>/deploy.sh`` with ``bash`` in the component's directory,
+        with ``ACTION=<action>``, ``CICD_PIPELINE=true`` and ``env`` (e.g. ``VM_NAME``,
+        ``VM_PROFILE``, ``COMMUNITY_VERSION``, ``TARGET_SERVER``) set inline through ``env`` (an
+        SSH server only passes the variables its ``AcceptEnv`` allows). Output lines stream into
+        the log. A missing script is a clear error before anything runs.
+        """
+        if action not in PIPELINE_ACTIONS:
+            raise QubinodeConfigError(f"action must be one of {PIPELINE_ACTIONS}, not {action!r}")
+        path = self.pipeline_script_path(component, script, base_dir)
+        directory = path.rsplit("/", 1)[0]
+        variables = {"ACTION": action, "CICD_PIPELINE": "true", **{k: v for k, v in (env or {}).items()}}
+        probe = self.run(["test", "-f", path], check=False)
+        if probe.returncode != 0:
+            raise QubinodeConfigError(
+                f"Pipeline script {path} does not exist on {self.settings.target} (component "
+                f"{component!r}; pipelines_dir comes from the connection's extra)"
+            )
+        argv = ["env", f"--chdir={directory}", *env_assignments(variables), "bash", path]
+        return self.run(argv, timeout=timeout, stream=True)
+
+    def run_playbook(
+        self,
+        playbook: str,
+        inventory: str | None = None,
+        extra_vars: Mapping[str, Any] | None = None,
+        limit: str | None = None,
+        tags: Sequence[str] | None = None,
+        vault_password_file: str | None = None,
+        check: bool = False,
+        cwd: str | None = None,
+        ansible_playbook: str = "ansible-playbook",
+        env: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        """``ansible-playbook [-i INVENTORY] [-e JSON] ... PLAYBOOK`` on the host; output streamed.
+
+        :param playbook: path on the host; relative paths resolve in ``cwd`` (default: the
+            connection's ``navigator_dir``, if set).
+        :param extra_vars: passed as one JSON ``--extra-vars`` item (typed values survive); values of
+            secret-looking keys are redacted in logs and errors. Prefer vault files for real secrets.
+        """
+        playbook = check_path(playbook, "playbook")
+        argv: list[str] = [ansible_playbook]
+        if inventory:
+            argv += ["-i", check_path(inventory, "inventory")]
+        if extra_vars:
+            argv += ["--extra-vars", json.dumps(dict(extra_vars), separators=(",", ":"), default=str)]
+        if limit:
+            argv += ["--limit", check_path(limit, "limit")]
+        if tags:
+            argv += ["--tags", ",".join(check_path(t, "tag") for t in tags)]
+        if vault_password_file:
+            argv += ["--vault-password-file", check_path(vault_password_file, "vault_password_file")]
+        if check:
+            argv.append("--check")
+        argv.append(playbook)
+        directory = cwd or self.settings.navigator_dir
+        prefix: list[str] = []
+        if directory or env:
+            prefix = ["env"]
+            if directory:
+                prefix.append(f"--chdir={check_path(directory, 'cwd')}")
+            prefix += env_assignments({"ANSIBLE_FORCE_COLOR": "false", **dict(env or {})})
+        return self.run(prefix + argv, timeout=timeout, stream=True)
+
     # ------------------------------------------------------------------------------------------ test
 
     def test_connection(self) -> tuple[bool, str]:
@@ -917,6 +1371,82 @@ class QubinodeHook(BaseHook):
         first_line = version.strip().splitlines()[0] if version.strip() else "(no output)"
         sudo = " via sudo" if self.settings.use_sudo else ""
         return True, f"kcli answered on {self.settings.target}{sudo}: {first_line}"
+
+
+class _LineLogger:
+    """Logs a command's output line by line as chunks arrive (stdout at INFO, stderr at WARNING)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        data = self.partial[stream] + chunk
+        *complete, self.partial[stream] = data.split(b"\n")
+        for raw in complete:
+            self._emit(stream, raw)
+
+    def flush(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self._emit(stream, rest)
+            self.partial[stream] = b""
+
+    def _emit(self, stream: str, raw: bytes) -> None:
+        text = _decode(raw).rstrip("\r")
+        if stream == "stderr":
+            self.log.warning("[stderr] %s", text)
+        else:
+            self.log.info("| %s", text)
+
+
+def _stream_process(full: list[str], timeout: float | None, lines: _LineLogger) -> tuple[int, bytes, bytes]:
+    """Run ``full`` without a shell, logging output lines as they come; enforce ``timeout``."""
+    import selectors
+
+    process = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    buffers = {"stdout": bytearray(), "stderr": bytearray()}
+    deadline = time.monotonic() + timeout if timeout else None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, "stdout")
+        selector.register(process.stderr, selectors.EVENT_READ, "stderr")
+        open_streams = 2
+        while open_streams:
+            wait = 0.5
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    process.kill()
+                    process.wait()
+                    raise subprocess.TimeoutExpired(
+                        full, timeout or 0, bytes(buffers["stdout"]), bytes(buffers["stderr"])
+                    )
+            for key, _ in selector.select(min(wait, 0.5)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    open_streams -= 1
+                    continue
+                buffers[key.data] += chunk
+                lines.feed(key.data, chunk)
+    process.stdout.close()
+    process.stderr.close()
+    returncode = process.wait()
+    return returncode, bytes(buffers["stdout"]), bytes(buffers["stderr"])
+
+
+def _program_of(argv: Sequence[str]) -> str:
+    """The program an argv runs: ``argv[0]``, or for ``env`` the first item after its options/K=V."""
+    if not argv:
+        return ""
+    if argv[0] != "env":
+        return argv[0]
+    for item in argv[1:]:
+        if item.startswith("-") or ("=" in item and ENV_KEY.match(item.split("=", 1)[0])):
+            continue
+        return item
+    return "env"
 
 
 def _decode(data: bytes | str | None) -> str:

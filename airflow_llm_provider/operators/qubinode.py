@@ -1,0 +1,472 @@
+"""Operators for Qubinode hypervisors: kcli VMs, plans and clusters, kcli-pipelines components and
+ansible playbooks, each a thin layer over :class:`~airflow_llm_provider.hooks.qubinode.QubinodeHook`.
+
+What they share:
+
+* every name, image, parameter and environment value is templated and reaches the host as one
+  argv item (never through a hand-built shell string);
+* XCom carries JSON-safe summaries only: VM/plan/cluster info without kcli parameters, exit codes,
+  an ansible recap. Values of secret-looking keys (``*password*``, ``*secret*``, ``*token*``...) are
+  masked in the task log (Airflow also redacts them in rendered fields by key name) and never returned;
+* the hook (and paramiko behind it) is imported inside ``execute``: DAG parsing stays cheap;
+* OpenLineage: each operator keeps its target in plain attributes (``vm_name``, ``plan``,
+  ``cluster``, ``component``, ``playbook``, and :meth:`QubinodeBaseOperator.qubinode_target`), so the
+  lineage issue can add ``get_openlineage_facets_on_start/complete`` to the base class without
+  touching the operators. No lineage is emitted here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator
+
+if TYPE_CHECKING:
+    from airflow_llm_provider.hooks.qubinode import CommandResult, QubinodeHook
+
+DEFAULT_CONN_ID = "qubinode_default"
+VM_ACTIONS = ("start", "stop", "restart")
+CRUD_ACTIONS = ("create", "delete")
+# Keys returned from kcli's VM info; anything else (kcli params, cloud-init data) stays out of XCom.
+VM_XCOM_KEYS = ("name", "status", "ip", "ips", "image", "profile", "plan", "numcpus", "memory", "user")
+SECRET_KEY = re.compile(r"pass|secret|token|credential|api_?key|private|auth", re.IGNORECASE)
+RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
+
+
+def vm_summary(vm: Mapping[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """The JSON-safe part of kcli's VM info that operators return."""
+    data = {k: vm[k] for k in VM_XCOM_KEYS if vm and vm.get(k) not in (None, "")}
+    return {**data, **extra}
+
+
+def public_entry(entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A kcli list entry without secret-looking keys and with JSON-safe values."""
+    out: dict[str, Any] = {}
+    for key, value in (entry or {}).items():
+        if SECRET_KEY.search(str(key)):
+            continue
+        out[str(key)] = (
+            value if isinstance(value, str | int | float | bool | list | type(None)) else str(value)
+        )
+    return out
+
+
+def mask_secret_values(values: Mapping[str, Any] | None) -> None:
+    """Register values of secret-looking keys with Airflow's secrets masker (task log redaction)."""
+    if not values:
+        return
+    from airflow.providers.common.compat.sdk import mask_secret
+
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            mask_secret_values(value)
+        elif SECRET_KEY.search(str(key)) and value not in (None, ""):
+            mask_secret(str(value))
+
+
+def parse_ansible_recap(stdout: str) -> dict[str, dict[str, int]]:
+    """``PLAY RECAP`` lines -> ``{host: {"ok": 2, "changed": 0, "failed": 0, ...}}``."""
+    recap: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for line in stdout.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        match = RECAP_LINE.match(line.strip()) if in_recap else None
+        if match:
+            counts = dict(item.split("=") for item in match["counts"].split())
+            recap[match["host"]] = {k: int(v) for k, v in counts.items()}
+    return recap
+
+
+class QubinodeBaseOperator(BaseOperator):
+    """
+    Shared plumbing: the ``qubinode`` connection, one hook (one SSH session) per execution.
+
+    :param qubinode_conn_id: the ``qubinode`` connection (templated).
+    :param kcli_client: kcli ``-C`` client overriding the connection's ``kcli_client`` (templated):
+        ``aws``, ``gcp``, ``azure`` or a remote KVM host from ``~/.kcli/config.yml`` on the host.
+    :param cmd_timeout: seconds one command may run (default: the connection's ``cmd_timeout``).
+    """
+
+    template_fields: Sequence[str] = ("qubinode_conn_id", "kcli_client")
+    ui_color = "#fde9d9"
+
+    def __init__(
+        self,
+        *,
+        qubinode_conn_id: str = DEFAULT_CONN_ID,
+        kcli_client: str | None = None,
+        cmd_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.qubinode_conn_id = qubinode_conn_id
+        self.kcli_client = kcli_client
+        self.cmd_timeout = cmd_timeout
+
+    def get_hook(self) -> QubinodeHook:
+        from airflow_llm_provider.hooks.qubinode import QubinodeHook
+
+        return QubinodeHook(
+            qubinode_conn_id=self.qubinode_conn_id,
+            cmd_timeout=self.cmd_timeout,
+            kcli_client=self.kcli_client or None,
+        )
+
+    def qubinode_target(self) -> dict[str, Any]:
+        """Where the work happens (connection and kcli client): for logs and, later, lineage."""
+        return {"conn_id": self.qubinode_conn_id, "kcli_client": self.kcli_client or None}
+
+    def execute(self, context: Any) -> Any:
+        with self.get_hook() as hook:
+            return self.execute_with_hook(hook, context)
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    # OpenLineage: get_openlineage_facets_on_start / get_openlineage_facets_on_complete belong here
+    # (added by the lineage issue; they can read qubinode_target() and the subclass attributes).
+
+
+class QubinodeCreateVMOperator(QubinodeBaseOperator):
+    """
+    Create a VM with kcli unless it exists (idempotent: a retry or rerun never builds a second one).
+
+    Returns ``{"name", "status", "ip"?, "image", "profile", "plan", ..., "created": bool}``.
+
+    :param vm_name: the VM (templated).
+    :param image: kcli image (``-i``), or
+    :param profile: kcli profile (``-p``) (templated).
+    :param kcli_params: kcli parameters, each ``-P key=value`` (templated; ``params`` is Airflow's), e.g.
+        ``{"memory": 4096, "numcpus": 2, "disks": [20], "nets": ["default"]}``.
+    :param wait: kcli ``--wait`` (needs a usable SSH key on the host). To wait for the IP without
+        holding a worker, use :class:`~airflow_llm_provider.sensors.qubinode.QubinodeVMSensor`
+        with ``deferrable=True`` instead.
+    """
+
+    template_fields: Sequence[str] = (
+        *QubinodeBaseOperator.template_fields,
+        "vm_name",
+        "image",
+        "profile",
+        "kcli_params",
+    )
+    template_fields_renderers = {"kcli_params": "json"}
+
+    def __init__(
+        self,
+        *,
+        vm_name: str,
+        image: str | None = None,
+        profile: str | None = None,
+        kcli_params: Mapping[str, Any] | None = None,
+        wait: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vm_name = vm_name
+        self.image = image
+        self.profile = profile
+        self.kcli_params = dict(kcli_params or {})
+        self.wait = wait
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        mask_secret_values(self.kcli_params)
+        existed = hook.vm_exists(self.vm_name)
+        vm = hook.create_vm(
+            self.vm_name,
+            image=self.image or None,
+            profile=self.profile or None,
+            params=self.kcli_params,
+            wait=self.wait,
+        )
+        return vm_summary(vm, created=not existed)
+
+
+class QubinodeDeleteVMOperator(QubinodeBaseOperator):
+    """
+    Delete a VM (``kcli delete vm -y NAME``, always the explicit name).
+
+    Made for cleanup: ``missing_ok`` defaults to True, so with ``trigger_rule="all_done"`` it
+    succeeds whether or not the VM was ever created. Returns ``{"name", "deleted": bool}``.
+    """
+
+    template_fields: Sequence[str] = (*QubinodeBaseOperator.template_fields, "vm_name")
+
+    def __init__(self, *, vm_name: str, missing_ok: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.vm_name = vm_name
+        self.missing_ok = missing_ok
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        deleted = hook.delete_vm(self.vm_name, missing_ok=self.missing_ok)
+        return {"name": self.vm_name, "deleted": deleted}
+
+
+class QubinodeVMActionOperator(QubinodeBaseOperator):
+    """``kcli start|stop|restart vm NAME``; returns the VM's info afterwards."""
+
+    template_fields: Sequence[str] = (*QubinodeBaseOperator.template_fields, "vm_name", "action")
+
+    def __init__(self, *, vm_name: str, action: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if action not in VM_ACTIONS and "{{" not in str(action):
+            raise ValueError(f"action must be one of {VM_ACTIONS}, not {action!r}")
+        self.vm_name = vm_name
+        self.action = action
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        if self.action not in VM_ACTIONS:
+            raise ValueError(f"action must be one of {VM_ACTIONS}, not {self.action!r}")
+        method = {"start": hook.start_vm, "stop": hook.stop_vm, "restart": hook.restart_vm}[self.action]
+        return vm_summary(method(self.vm_name), action=self.action)
+
+
+class QubinodePlanOperator(QubinodeBaseOperator):
+    """
+    Create or delete a kcli plan (several VMs from one Jinja-rendered plan file).
+
+    ``action="create"``: ``kcli create plan -f FILE [-P k=v]... PLAN``; kcli skips the plan's VMs
+    that exist, so a retry completes a half-built plan. ``action="delete"``: ``kcli delete plan -y``
+    (``missing_ok`` defaults to True, for cleanup). Returns the plan's entry (``plan``, ``vms``).
+
+    :param plan_file: plan file *on the host* (templated); or ``url`` (``-u``).
+    :param kcli_params: the plan's parameters, each ``-P key=value`` (templated).
+    """
+
+    template_fields: Sequence[str] = (
+        *QubinodeBaseOperator.template_fields,
+        "plan",
+        "plan_file",
+        "url",
+        "kcli_params",
+        "paramfile",
+    )
+    template_fields_renderers = {"kcli_params": "json"}
+
+    def __init__(
+        self,
+        *,
+        plan: str,
+        action: str = "create",
+        plan_file: str | None = None,
+        url: str | None = None,
+        kcli_params: Mapping[str, Any] | None = None,
+        paramfile: str | None = None,
+        missing_ok: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if action not in CRUD_ACTIONS:
+            raise ValueError(f"action must be one of {CRUD_ACTIONS}, not {action!r}")
+        self.plan = plan
+        self.action = action
+        self.plan_file = plan_file
+        self.url = url
+        self.kcli_params = dict(kcli_params or {})
+        self.paramfile = paramfile
+        self.missing_ok = missing_ok
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        if self.action == "delete":
+            return {"plan": self.plan, "deleted": hook.delete_plan(self.plan, missing_ok=self.missing_ok)}
+        mask_secret_values(self.kcli_params)
+        entry = hook.create_plan(
+            self.plan,
+            file=self.plan_file or None,
+            url=self.url or None,
+            params=self.kcli_params,
+            paramfile=self.paramfile or None,
+        )
+        return public_entry(entry)
+
+
+class QubinodeKubeOperator(QubinodeBaseOperator):
+    """
+    Create (unless it exists) or delete a kcli Kubernetes/OpenShift cluster.
+
+    ``action="create"``: ``kcli create kube KIND [--paramfile F] [-P k=v]... CLUSTER``; returns the
+    cluster's ``list kube`` entry (secret-looking keys dropped). The kubeconfig stays on the host
+    (``~/.kcli/clusters/<cluster>/auth/kubeconfig``). Put the pull secret in the paramfile (a path
+    on the host), not in ``kcli_params``.
+    """
+
+    template_fields: Sequence[str] = (
+        *QubinodeBaseOperator.template_fields,
+        "cluster",
+        "kind",
+        "kcli_params",
+        "paramfile",
+    )
+    template_fields_renderers = {"kcli_params": "json"}
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        kind: str = "generic",
+        action: str = "create",
+        kcli_params: Mapping[str, Any] | None = None,
+        paramfile: str | None = None,
+        missing_ok: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if action not in CRUD_ACTIONS:
+            raise ValueError(f"action must be one of {CRUD_ACTIONS}, not {action!r}")
+        self.cluster = cluster
+        self.kind = kind
+        self.action = action
+        self.kcli_params = dict(kcli_params or {})
+        self.paramfile = paramfile
+        self.missing_ok = missing_ok
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        if self.action == "delete":
+            return {"cluster": self.cluster, "deleted": hook.delete_kube(self.cluster, self.missing_ok)}
+        mask_secret_values(self.kcli_params)
+        entry = hook.create_kube(
+            self.cluster, self.kind, paramfile=self.paramfile or None, params=self.kcli_params
+        )
+        return public_entry(entry)
+
+
+class QubinodeDeployComponentOperator(QubinodeBaseOperator):
+    """
+    Run a kcli-pipelines component script (``<pipelines_dir>/<component>/deploy.sh``) on the host.
+
+    The Qubinode convention: ``ACTION=create|delete``, ``CICD_PIPELINE=true`` and the component's
+    variables (``VM_NAME``, ``VM_PROFILE``, ``COMMUNITY_VERSION``, ``TARGET_SERVER``...) in the
+    environment. Output streams into the task log; a nonzero exit fails the task with its stderr.
+    Returns ``{"component", "action", "returncode"}`` plus, if ``output_lines`` > 0, the last lines
+    of stdout as ``output_tail`` (off by default: scripts may print credentials).
+
+    :param env: the script's variables (templated); values of secret-looking names are masked.
+    :param base_dir: directory holding the components, overriding the connection's ``pipelines_dir``.
+    """
+
+    template_fields: Sequence[str] = (
+        *QubinodeBaseOperator.template_fields,
+        "component",
+        "action",
+        "env",
+        "script",
+        "base_dir",
+    )
+    template_fields_renderers = {"env": "json"}
+
+    def __init__(
+        self,
+        *,
+        component: str,
+        action: str = "create",
+        env: Mapping[str, Any] | None = None,
+        script: str = "deploy.sh",
+        base_dir: str | None = None,
+        output_lines: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.component = component
+        self.action = action
+        self.env = dict(env or {})
+        self.script = script
+        self.base_dir = base_dir
+        self.output_lines = output_lines
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        mask_secret_values(self.env)
+        result = hook.run_pipeline_script(
+            self.component, self.action, self.env, script=self.script, base_dir=self.base_dir or None
+        )
+        return _result_summary(result, self.output_lines, component=self.component, action=self.action)
+
+
+class QubinodeAnsiblePlaybookOperator(QubinodeBaseOperator):
+    """
+    Run ``ansible-playbook`` on the Qubinode host (never ansible-navigator; Qubinode's DAGs don't).
+
+    Returns ``{"playbook", "returncode", "recap": {host: {"ok", "changed", "failed", ...}}}``.
+
+    :param playbook: path on the host; relative paths resolve in ``cwd`` (default: the
+        connection's ``navigator_dir``) (templated).
+    :param extra_vars: one JSON ``--extra-vars`` item (templated). Prefer ``vault_password_file``
+        and vaulted vars files for secrets; secret-looking keys are masked in logs anyway.
+    """
+
+    template_fields: Sequence[str] = (
+        *QubinodeBaseOperator.template_fields,
+        "playbook",
+        "inventory",
+        "extra_vars",
+        "limit",
+        "tags",
+        "cwd",
+    )
+    template_fields_renderers = {"extra_vars": "json"}
+
+    def __init__(
+        self,
+        *,
+        playbook: str,
+        inventory: str | None = None,
+        extra_vars: Mapping[str, Any] | None = None,
+        limit: str | None = None,
+        tags: Sequence[str] | None = None,
+        vault_password_file: str | None = None,
+        check: bool = False,
+        cwd: str | None = None,
+        ansible_playbook: str = "ansible-playbook",
+        output_lines: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.playbook = playbook
+        self.inventory = inventory
+        self.extra_vars = dict(extra_vars or {})
+        self.limit = limit
+        self.tags = list(tags) if tags else None
+        self.vault_password_file = vault_password_file
+        self.check = check
+        self.cwd = cwd
+        self.ansible_playbook = ansible_playbook
+        self.output_lines = output_lines
+
+    def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
+        mask_secret_values(self.extra_vars)
+        result = hook.run_playbook(
+            self.playbook,
+            inventory=self.inventory or None,
+            extra_vars=self.extra_vars,
+            limit=self.limit or None,
+            tags=self.tags,
+            vault_password_file=self.vault_password_file,
+            check=self.check,
+            cwd=self.cwd or None,
+            ansible_playbook=self.ansible_playbook,
+        )
+        return _result_summary(
+            result, self.output_lines, playbook=self.playbook, recap=parse_ansible_recap(result.stdout)
+        )
+
+
+def _result_summary(result: CommandResult, output_lines: int, **fields: Any) -> dict[str, Any]:
+    summary: dict[str, Any] = {**fields, "returncode": result.returncode}
+    if output_lines > 0:
+        summary["output_tail"] = result.stdout.splitlines()[-output_lines:]
+    return summary
+
+
+__all__ = [
+    "QubinodeAnsiblePlaybookOperator",
+    "QubinodeBaseOperator",
+    "QubinodeCreateVMOperator",
+    "QubinodeDeleteVMOperator",
+    "QubinodeDeployComponentOperator",
+    "QubinodeKubeOperator",
+    "QubinodePlanOperator",
+    "QubinodeVMActionOperator",
+]
