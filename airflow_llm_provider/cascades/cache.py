@@ -177,7 +177,7 @@ def _describe_dsn(dsn: str) -> tuple[str, str | None]:
         params = parse_dsn(dsn)
     except Exception:
         raise ValueError(
-            "invalid PostgreSQL DSN for the phase cache (not shown: it may contain a password); "
+            "invalid PostgreSQL DSN (not shown: it may contain a password); "
             "expected postgresql://user:password@host:port/dbname"
         ) from None
     host = params.get("host") or "localhost"
