@@ -109,6 +109,27 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "False",
                         "default": "True",
                     },
+                    "ledger_conn_id": {
+                        "description": (
+                            "A postgres connection whose database holds the cost ledger (table "
+                            "llm_cost_ledger, created on first use). Empty: a SQLite file at "
+                            "ledger_path, for single-machine deployments."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "llm_ledger",
+                        "default": "",
+                    },
+                    "ledger_path": {
+                        "description": (
+                            "The SQLite cost ledger used when ledger_conn_id is empty. Default: "
+                            "llm_cost_ledger.db in AIRFLOW_HOME."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/lib/airflow/llm_cost_ledger.db",
+                        "default": "",
+                    },
                 },
             },
         },

@@ -385,3 +385,17 @@ def open_ledger(spec: str) -> Ledger:
 def entry_fields() -> Mapping[str, Any]:
     """Field names and defaults of :class:`LedgerEntry` (for docs and the page's schema)."""
     return {f.name: f.default for f in fields(LedgerEntry)}
+
+
+def configured_ledger() -> Ledger:
+    """The ledger ``[llm_provider] ledger_conn_id`` / ``ledger_path`` name (Airflow config)."""
+    from airflow.providers.common.compat.sdk import conf
+
+    conn_id = (conf.get("llm_provider", "ledger_conn_id", fallback="") or "").strip()
+    if conn_id:
+        return PostgresLedger.from_airflow_connection(conn_id)
+    path = (conf.get("llm_provider", "ledger_path", fallback="") or "").strip()
+    if not path:
+        home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+        path = os.path.join(home, DEFAULT_SQLITE_NAME)
+    return SQLiteLedger(path)
