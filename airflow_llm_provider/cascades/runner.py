@@ -100,6 +100,19 @@ class RunOptions:
     """Folder of the cascade file: ``sql:`` tool files are read relative to it."""
     on_event: Callable[[str], None] | None = None
     """Progress lines (the operator writes them to the task log)."""
+    record: RunRecord | None = None
+    """Filled in while the run goes (the operators' OpenLineage methods read it)."""
+
+
+@dataclass
+class RunRecord:
+    """A live view of one run for whoever started it: the usage tracker (so a run that raised still
+    tells what it spent), the models that answered (``system:model_name`` of the resolved model)
+    and the winning sounding per phase. Filled in as the run goes; no prompt text in it."""
+
+    usage: UsageTracker | None = None
+    models: list[str] = field(default_factory=list)
+    soundings_winners: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,6 +242,9 @@ class CascadeRunner:
             if parent
             else BudgetGuard.from_budget(self.options.budget or cascade.budget, self.usage)
         )
+        self.record = self.options.record
+        if self.record is not None and parent is None:
+            self.record.usage = self.usage
         self.cascade_hash = content_hash(cascade.model_dump(mode="json", by_alias=True))
         self._models: dict[str | None, Model] = {}
         self._env = sandboxed_environment()
@@ -590,7 +606,13 @@ class CascadeRunner:
                 from pydantic_ai.models import infer_model
 
                 self._models[name] = infer_model(name or DEFAULT_MODEL)
-        return self._models[name]
+        model = self._models[name]
+        if self.record is not None:
+            system, model_name = getattr(model, "system", None), getattr(model, "model_name", None)
+            label = f"{system}:{model_name}" if system and model_name else str(model_name or name)
+            if label not in self.record.models:
+                self.record.models.append(label)
+        return model
 
     def _user_prompt(self, phase: Phase, extra: Mapping[str, Any] | None) -> str:
         """The user message: the cascade input and the outputs ``context.from`` selects."""
@@ -922,13 +944,19 @@ class CascadeRunner:
         soundings = phase.soundings
         assert soundings is not None
         if len(good) == 1:
+            self._note_winner(phase, good[0][0])
             return good[0][1]
         if soundings.mode == "aggregate":
             return await self._aggregate(phase, [r[0] for _, r in good]), good[0][1][1]
         winner = await self._evaluate(phase, [r[0] for _, r in good], extra)
         self._emit(f"phase {phase.name}{label}: evaluator chose sounding {good[winner][0] + 1} of {factor}")
         self._state[f"sounding_winner_{phase.name}"] = good[winner][0]
+        self._note_winner(phase, good[winner][0])
         return good[winner][1]
+
+    def _note_winner(self, phase: Phase, index: int) -> None:
+        if self.record is not None:
+            self.record.soundings_winners[phase.name] = index
 
     async def _evaluate(self, phase: Phase, candidates: list[Any], extra: Mapping[str, Any] | None) -> int:
         from pydantic import BaseModel

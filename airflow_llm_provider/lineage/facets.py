@@ -79,8 +79,10 @@ class LlmCascadeJobFacet(JobFacet):
     cascadeId: str
     contentHash: str
     phases: list[dict[str, Any]] = field(factory=list)
+    phase: str | None = None
+    """The phase this task runs (a cascade rendered as a DAG); absent for a whole-cascade task."""
 
-    _additional_skip_redact = ["cascadeId", "contentHash", "phases"]
+    _additional_skip_redact = ["cascadeId", "contentHash", "phases", "phase"]
 
     @staticmethod
     def _get_schema() -> str:
@@ -150,8 +152,11 @@ def usage_run_facet(
     )
 
 
-def cascade_job_facet(cascade: Cascade) -> LlmCascadeJobFacet:
-    """The job facet: phase graph (names, kinds, models, tools, edges) and hashes, no prompt text."""
+def cascade_job_facet(cascade: Cascade, task_phase: str | None = None) -> LlmCascadeJobFacet:
+    """The job facet: phase graph (names, kinds, models, tools, edges) and hashes, no prompt text.
+
+    :param task_phase: for a task that runs one phase of the cascade, that phase's name.
+    """
     from airflow_llm_provider.cascades.graph import phase_dependencies
 
     dependencies = phase_dependencies(cascade)
@@ -180,7 +185,9 @@ def cascade_job_facet(cascade: Cascade) -> LlmCascadeJobFacet:
         if phase.instructions:
             entry["instructionsHash"] = text_hash(phase.instructions)
         phases.append(entry)
-    return LlmCascadeJobFacet(cascadeId=cascade.cascade_id, contentHash=cascade_hash(cascade), phases=phases)
+    return LlmCascadeJobFacet(
+        cascadeId=cascade.cascade_id, contentHash=cascade_hash(cascade), phases=phases, phase=task_phase
+    )
 
 
 def models_of(cascade: Cascade, phases: Iterable[str] | None = None) -> list[str]:
@@ -210,22 +217,28 @@ def cascade_facets(
     budget_exceeded: bool = False,
     status: str | None = None,
     phases: Iterable[str] | None = None,
+    budget_limits: Mapping[str, float | int | None] | None = None,
+    task_phase: str | None = None,
 ) -> tuple[dict[str, RunFacet], dict[str, JobFacet]]:
     """``(run_facets, job_facets)`` for an ``OperatorLineage`` of a cascade task.
 
     :param usage: the result's usage dict; ``None`` (e.g. on start) emits no run facet.
     :param models: the models actually used; default: those the cascade names (for ``phases``).
     :param phases: for a phase task, the phase(s) it ran (limits the default ``models``).
+    :param budget_limits: the budget the run had (an operator's ``budget=`` overrides the
+        cascade's); default: the cascade's ``budget``.
+    :param task_phase: the phase a rendered-DAG task runs (``phase`` in the job facet).
     """
-    job: dict[str, JobFacet] = {CASCADE_FACET: cascade_job_facet(cascade)}
+    job: dict[str, JobFacet] = {CASCADE_FACET: cascade_job_facet(cascade, task_phase)}
     run: dict[str, RunFacet] = {}
     if usage is not None:
-        budget = cascade.budget
+        if budget_limits is None and cascade.budget is not None:
+            budget_limits = cascade.budget.model_dump()
         run[USAGE_FACET] = usage_run_facet(
             usage,
             models=models if models is not None else models_of(cascade, phases),
             soundings_winners=soundings_winners,
-            budget_limits=budget.model_dump() if budget is not None else None,
+            budget_limits=budget_limits,
             budget_exceeded=budget_exceeded,
             status=status,
         )

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 if TYPE_CHECKING:
-    from airflow_llm_provider.cascades.runner import RunOptions
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    from airflow_llm_provider.cascades.runner import RunOptions, RunRecord
     from airflow_llm_provider.cascades.spec import Cascade
     from airflow_llm_provider.hooks.llm import LLMHook
+    from airflow_llm_provider.operators.cascade_tools import SqlRun
 
 CONTEXT_VARIABLES = (
     "ds",
@@ -31,7 +34,54 @@ CONTEXT_VARIABLES = (
 )
 
 
-class CascadeOperator(BaseOperator):
+class CascadeRunState:
+    """What a cascade task's OpenLineage methods need from ``execute``: kept on the operator
+    instance (the OpenLineage provider's pattern), never in XCom. Set by :func:`run_options_for`."""
+
+    def __init__(self, cascade: Cascade, record: RunRecord) -> None:
+        self.cascade = cascade
+        self.record = record
+        self.sql_runs: list[SqlRun] = []
+        self.status: str | None = None
+        self.error: str | None = None
+        self.budget_exceeded = False
+
+    def fail(self, error: BaseException | str, *, budget_exceeded: bool = False) -> None:
+        self.status, self.error = "failed", str(error)
+        self.budget_exceeded = self.budget_exceeded or budget_exceeded
+
+    def __repr__(self) -> str:  # SQL and errors stay out of logs and full task info
+        return f"CascadeRunState(cascade={self.cascade.cascade_id!r}, status={self.status!r})"
+
+
+class CascadeLineageMixin:
+    """``get_openlineage_facets_on_start/complete/failure`` for cascade tasks.
+
+    OpenLineage is imported inside the methods only: it stays an optional dependency and importing
+    an operator costs nothing more. The one implementation is
+    :func:`airflow_llm_provider.lineage.cascade.cascade_lineage`; the extractors in
+    :mod:`airflow_llm_provider.lineage.extractors` call these same methods.
+    """
+
+    _lineage_state: CascadeRunState | None = None
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from airflow_llm_provider.lineage.cascade import cascade_lineage
+
+        return cascade_lineage(self, "start")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.cascade import cascade_lineage
+
+        return cascade_lineage(self, "complete", task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.cascade import cascade_lineage
+
+        return cascade_lineage(self, "failure", task_instance)
+
+
+class CascadeOperator(CascadeLineageMixin, BaseOperator):
     """
     Run an LLM cascade (YAML/JSON file or dict) as one task.
 
@@ -101,10 +151,19 @@ class CascadeOperator(BaseOperator):
         summary["usage"]["synthetic"] = hook.synthetic
         if result.status != "success":
             message = f"cascade {cascade.cascade_id} failed: {result.error}"
+            lineage_state(self).fail(message, budget_exceeded=result.budget_exceeded)
             if result.budget_exceeded:
                 raise AirflowFailException(message)  # retrying would spend the same money again
             raise AirflowException(message)
+        lineage_state(self).status = "success"
         return summary
+
+
+def lineage_state(task: Any) -> CascadeRunState:
+    """The task's :class:`CascadeRunState` (set by :func:`run_options_for`)."""
+    state = task._lineage_state
+    assert state is not None, "run_options_for() sets the lineage state before a cascade runs"
+    return state
 
 
 def cascade_source(task: Any) -> str | Mapping[str, Any]:
@@ -123,18 +182,22 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
     run variables for templates, its budget, and a phase cache scoped to this task instance (or
     shared across runs when ``cache_ttl_seconds`` opts in)."""
     from airflow_llm_provider.cascades.cache import open_cache
-    from airflow_llm_provider.cascades.runner import RunOptions
+    from airflow_llm_provider.cascades.runner import RunOptions, RunRecord
     from airflow_llm_provider.cascades.spec import Budget
     from airflow_llm_provider.hooks.llm import LLMHook
     from airflow_llm_provider.operators.cascade_tools import airflow_tools
 
     source = task._cascade_source()
+    # What the OpenLineage methods read after execute: usage, models, winners, SQL run.
+    state = CascadeRunState(cascade, RunRecord())
+    task._lineage_state = state
     hook = LLMHook(llm_conn_id=task.llm_conn_id or cascade.defaults.llm_conn_id, model=task.model)
     task.log.info("Cascade %s with %s", cascade.cascade_id, hook.describe())
     options = RunOptions(
         model_factory=hook.model_for,
         model=task.model,
-        tools=airflow_tools(task.tools),
+        tools=airflow_tools(task.tools, on_sql=state.sql_runs.append),
+        record=state.record,
         template_context=template_context(context),
         base_dir=None if isinstance(source, Mapping) else Path(source).parent,  # for sql: files
         max_concurrency=task.max_concurrency,

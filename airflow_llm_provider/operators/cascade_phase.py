@@ -27,7 +27,12 @@ from airflow.providers.common.compat.sdk import (
     BaseOperator,
 )
 
-from airflow_llm_provider.operators.cascade import CascadeOperator, cascade_source
+from airflow_llm_provider.operators.cascade import (
+    CascadeLineageMixin,
+    CascadeOperator,
+    cascade_source,
+    lineage_state,
+)
 
 if TYPE_CHECKING:
     from airflow_llm_provider.cascades.spec import Cascade
@@ -74,7 +79,7 @@ def _output_of(value: Any) -> Any:
     return value
 
 
-class CascadePhaseOperator(BaseOperator):
+class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
     """
     Run one phase of a cascade (a task of a cascade rendered as a DAG).
 
@@ -172,9 +177,12 @@ class CascadePhaseOperator(BaseOperator):
                 item_index=item_index,
             )
         except BudgetExceeded as err:
+            lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
         except PhaseFailed as err:
+            lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}")
             raise AirflowException(f"cascade {cascade.cascade_id}: {err}") from err
+        lineage_state(self).status = "success"
         result = outcome.to_dict()
         result["usage"]["model"] = hook.model_name
         result["usage"]["synthetic"] = hook.synthetic
@@ -212,8 +220,11 @@ class CascadeSoundingOperator(CascadePhaseOperator):
         try:
             outcome = run_sounding(cascade, self.phase, index, inputs, outputs, options)
         except BudgetExceeded as err:
+            lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
         except PhaseFailed as err:
+            # The attempt failed, the task does not: its lineage says so in the usage facet.
+            lineage_state(self).status = "failed_attempt"
             self.log.warning("Sounding %d of phase %s failed: %s", index + 1, self.phase, err)
             return {
                 "phase": self.phase,
@@ -223,6 +234,7 @@ class CascadeSoundingOperator(CascadePhaseOperator):
                 "route": None,
                 "usage": {"model": hook.model_name, "synthetic": hook.synthetic},
             }
+        lineage_state(self).status = "success"
         result = outcome.to_dict()
         result["sounding"] = index
         result["usage"]["model"] = hook.model_name
@@ -273,9 +285,12 @@ class CascadeSoundingsJudgeOperator(CascadePhaseOperator):
         try:
             outcome = judge_soundings(cascade, self.phase, candidates, inputs, outputs, options)
         except BudgetExceeded as err:
+            lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
         except PhaseFailed as err:
+            lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}")
             raise AirflowException(f"cascade {cascade.cascade_id}: {err}") from err
+        lineage_state(self).status = "success"
         result = outcome.to_dict()
         result["usage"] = sum_usage([*(r.get("usage") or {} for r in attempts), result["usage"]])
         result["usage"]["model"] = hook.model_name

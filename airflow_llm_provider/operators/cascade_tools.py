@@ -10,9 +10,21 @@ import decimal
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class SqlRun:
+    """One script ``sql_data`` ran, kept in memory for the task's lineage methods (which parse it
+    into datasets); the SQL, connection and hook are never logged, emitted or put in XCom."""
+
+    conn_id: str
+    sql: str = field(repr=False)
+    connection: Any = field(repr=False, compare=False)
+    hook: Any = field(repr=False, compare=False)
 
 
 def sql_data(
@@ -27,6 +39,16 @@ def sql_data(
     no rows (DDL/DML) is committed and gives ``[]``. More than ``max_rows`` rows is an error rather
     than a silent truncation: add a LIMIT or raise ``max_rows``.
     """
+    return _run_sql(conn_id, sql, parameters, max_rows, None)
+
+
+def _run_sql(
+    conn_id: str,
+    sql: str,
+    parameters: Mapping[str, Any] | Sequence[Any] | None,
+    max_rows: int,
+    on_run: Callable[[SqlRun], None] | None,
+) -> list[dict[str, Any]]:
     from airflow.providers.common.compat.sdk import BaseHook
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -37,6 +59,8 @@ def sql_data(
             f"sql_data: connection '{conn_id}' is of type '{connection.conn_type}', which has no SQL "
             "hook (DbApiHook); use a database connection such as postgres, mysql, sqlite or snowflake"
         )
+    if on_run is not None:
+        on_run(SqlRun(conn_id=conn_id, sql=sql, connection=connection, hook=hook))
     with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cursor:
         cursor.execute(sql, parameters)
         if cursor.description is None:
@@ -65,8 +89,33 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def recording_sql_data(on_run: Callable[[SqlRun], None]) -> Callable[..., list[dict[str, Any]]]:
+    """``sql_data`` that also reports each script it runs to ``on_run`` (for lineage); same
+    signature and docstring, so a model calling it as a tool sees no difference."""
+
+    def sql_data(
+        conn_id: str,
+        sql: str,
+        parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> list[dict[str, Any]]:
+        return _run_sql(conn_id, sql, parameters, max_rows, on_run)
+
+    sql_data.__doc__ = _plain_sql_data.__doc__
+    return sql_data
+
+
+_plain_sql_data = sql_data
+
+
 def airflow_tools(
     user_tools: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    on_sql: Callable[[SqlRun], None] | None = None,
 ) -> dict[str, Callable[..., Any]]:
-    """The tools a cascade gets inside Airflow: ours first, the user's own override them."""
-    return {"sql_data": sql_data, **(user_tools or {})}
+    """The tools a cascade gets inside Airflow: ours first, the user's own override them.
+
+    :param on_sql: called with a :class:`SqlRun` for every script ``sql_data`` runs (lineage).
+    """
+    tool = sql_data if on_sql is None else recording_sql_data(on_sql)
+    return {"sql_data": tool, **(user_tools or {})}
