@@ -35,6 +35,7 @@ from airflow_llm_provider.cascades.tools import ToolRegistry, call_tool
 from airflow_llm_provider.cascades.usage import (
     BudgetExceeded,
     BudgetGuard,
+    CallObserver,
     CallRecord,
     ModelPrice,
     UsageTracker,
@@ -102,6 +103,8 @@ class RunOptions:
     """Progress lines (the operator writes them to the task log)."""
     record: RunRecord | None = None
     """Filled in while the run goes (the operators' OpenLineage methods read it)."""
+    call_observer: CallObserver | None = None
+    """Told before and after every LLM call (the Airflow adapter's cost ledger and shared budgets)."""
 
 
 @dataclass
@@ -242,6 +245,7 @@ class CascadeRunner:
             if parent
             else BudgetGuard.from_budget(self.options.budget or cascade.budget, self.usage)
         )
+        self.observer: CallObserver | None = parent.observer if parent else self.options.call_observer
         self.record = self.options.record
         if self.record is not None and parent is None:
             self.record.usage = self.usage
@@ -646,6 +650,11 @@ class CascadeRunner:
             hit = await self._cache_get(key)
             if hit is not None:
                 self.usage.record_cache_hit(phase.name)
+                if self.observer is not None:
+                    self.observer.after_call(
+                        self.cascade.cascade_id,
+                        CallRecord(phase.name, 1, model_name or DEFAULT_MODEL, 0, 0, 0, 0.0, cache_hit=True),
+                    )
                 self._emit(f"phase {phase.name}{label}: answered from cache (no LLM call)")
                 return hit.output["value"], hit.output["route"]
 
@@ -735,7 +744,7 @@ class CascadeRunner:
         from pydantic_ai.usage import UsageLimits
 
         name = model_name or DEFAULT_MODEL
-        self.budget.check_before_call(
+        self._before_call(
             phase.name,
             model=name,
             estimated_input_tokens=estimate_tokens(system) + estimate_tokens(prompt),
@@ -863,7 +872,7 @@ class CascadeRunner:
                 reason: str = ""
 
             name = spec.model or self.cascade.defaults.model or self.options.model
-            self.budget.check_before_call(
+            self._before_call(
                 f"validator {validator}",
                 model=name or DEFAULT_MODEL,
                 estimated_input_tokens=estimate_tokens(spec.instructions)
@@ -971,7 +980,7 @@ class CascadeRunner:
         name = soundings.evaluator_model or self._model_name(phase)
         listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
         instructions = self.render(soundings.evaluator_instructions or "Pick the best attempt.", extra)
-        self.budget.check_before_call(
+        self._before_call(
             phase.name,
             model=name or DEFAULT_MODEL,
             estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
@@ -998,7 +1007,7 @@ class CascadeRunner:
         name = soundings.aggregator_model or self._model_name(phase)
         listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
         instructions = self.render(soundings.aggregator_instructions)
-        self.budget.check_before_call(
+        self._before_call(
             phase.name,
             model=name or DEFAULT_MODEL,
             estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
@@ -1009,6 +1018,21 @@ class CascadeRunner:
             result = await agent.run(listing)
         self._record(f"{phase.name}:aggregator", name or DEFAULT_MODEL, result)
         return result.output
+
+    def _before_call(
+        self,
+        phase: str,
+        *,
+        model: str,
+        estimated_input_tokens: int,
+        declared: ModelPrice | None = None,
+    ) -> None:
+        """The run's own budget, then whoever else counts (raises BudgetExceeded to stop the call)."""
+        self.budget.check_before_call(
+            phase, model=model, estimated_input_tokens=estimated_input_tokens, declared=declared
+        )
+        if self.observer is not None:
+            self.observer.before_call(phase, model)
 
     def _record(
         self,
@@ -1023,19 +1047,20 @@ class CascadeRunner:
         """Count one agent run's requests, tokens and dollars."""
         usage = result.usage if hasattr(result.usage, "requests") else result.usage()  # a method before
         input_tokens, output_tokens = usage.input_tokens or 0, usage.output_tokens or 0
-        self.usage.record(
-            CallRecord(
-                phase=label,
-                attempt=attempt,
-                model=model,
-                requests=usage.requests,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost_usd=price_call(model, input_tokens, output_tokens, declared=self.options.declared_price),
-                sounding=sounding,
-                duration_s=time.monotonic() - started if started is not None else 0.0,
-            )
+        record = CallRecord(
+            phase=label,
+            attempt=attempt,
+            model=model,
+            requests=usage.requests,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=price_call(model, input_tokens, output_tokens, declared=self.options.declared_price),
+            sounding=sounding,
+            duration_s=time.monotonic() - started if started is not None else 0.0,
         )
+        self.usage.record(record)
+        if self.observer is not None:
+            self.observer.after_call(self.cascade.cascade_id, record)
 
     def _emit(self, line: str) -> None:
         if self.options.on_event is not None:

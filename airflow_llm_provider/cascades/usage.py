@@ -13,7 +13,7 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from airflow_llm_provider.cascades.spec import Budget
@@ -238,6 +238,17 @@ class UsageTracker:
             if not self._state.calls_seen:
                 return None
             return math.ceil(self._state.output_tokens_seen / self._state.calls_seen)
+
+
+class CallObserver(Protocol):
+    """Sees every LLM call of a run, for accounting beyond the run (the cost ledger, budgets per
+    DAG or per day that several tasks share). Both methods run on the engine's event loop."""
+
+    def before_call(self, phase: str, model: str) -> None:
+        """Called before a call is made; raising :class:`BudgetExceeded` stops it."""
+
+    def after_call(self, cascade_id: str, record: CallRecord) -> None:
+        """Called once the call (or a cache hit, ``record.cache_hit``) has been counted."""
 
 
 class BudgetExceeded(RuntimeError):
