@@ -10,13 +10,15 @@ What they share:
   masked in the task log (Airflow also redacts them in rendered fields by key name) and never returned;
 * the hook (and paramiko behind it) is imported inside ``execute``: DAG parsing stays cheap;
 * OpenLineage: each operator keeps its target in plain attributes (``vm_name``, ``plan``,
-  ``cluster``, ``component``, ``playbook``, and :meth:`QubinodeBaseOperator.qubinode_target`), so the
-  lineage issue can add ``get_openlineage_facets_on_start/complete`` to the base class without
-  touching the operators. No lineage is emitted here.
+  ``cluster``, ``component``, ``playbook``); :class:`QubinodeBaseOperator` turns them into datasets
+  in ``get_openlineage_facets_on_start/complete/failure`` through
+  :mod:`airflow_llm_provider.lineage.qubinode` (imported inside those methods only, so OpenLineage
+  stays optional).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
     from airflow_llm_provider.hooks.qubinode import CommandResult, QubinodeHook
 
 DEFAULT_CONN_ID = "qubinode_default"
@@ -31,6 +35,10 @@ VM_ACTIONS = ("start", "stop", "restart")
 CRUD_ACTIONS = ("create", "delete")
 # Keys returned from kcli's VM info; anything else (kcli params, cloud-init data) stays out of XCom.
 VM_XCOM_KEYS = ("name", "status", "ip", "ips", "image", "profile", "plan", "numcpus", "memory", "user")
+REDACTED = "***"
+MIN_SECRET_LENGTH = 5
+# Operator attributes holding values that may be secret (kcli -P params, script env, extra vars).
+SECRET_BEARING_FIELDS = ("kcli_params", "env", "extra_vars")
 SECRET_KEY = re.compile(r"pass|secret|token|credential|api_?key|private|auth", re.IGNORECASE)
 RECAP_LINE = re.compile(r"^(?P<host>\S+)\s*:\s*(?P<counts>(?:\w+=\d+\s*)+)$")
 
@@ -66,6 +74,66 @@ def mask_secret_values(values: Mapping[str, Any] | None) -> None:
             mask_secret(str(value))
 
 
+def public_params(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``values`` (JSON-safe) with every value under a secret-looking key, at any depth, as ``***``.
+
+    Uses the hook's own :func:`~airflow_llm_provider.hooks.qubinode.redact` (the one behind logged
+    commands and error messages): a JSON ``--extra-vars`` item is redacted key by key, nested
+    mappings and lists included, so what this returns hides exactly what the task log hides.
+    """
+    from airflow_llm_provider.hooks.qubinode import redact
+
+    if not values:
+        return {}
+    text = json.dumps(dict(values), separators=(",", ":"), sort_keys=True, default=str)
+    redacted: dict[str, Any] = json.loads(redact(["--extra-vars", text])[1])
+    return redacted
+
+
+def secret_values(values: Mapping[str, Any] | None) -> list[str]:
+    """The values :func:`public_params` hides, as text (a hidden mapping or list as its JSON);
+    shorter than Airflow's ``min_length_masked_secret`` default (5) left out, as its masker does."""
+    found: list[str] = []
+
+    def walk(original: Any, public: Any) -> None:
+        if isinstance(original, Mapping) and isinstance(public, Mapping):
+            for key, value in original.items():
+                walk(value, public.get(str(key)))
+        elif isinstance(original, list) and isinstance(public, list):
+            for item, public_item in zip(original, public, strict=False):
+                walk(item, public_item)
+        elif public == REDACTED and original not in (None, REDACTED):
+            text = original if isinstance(original, str) else json.dumps(original, default=str)
+            if len(text) >= MIN_SECRET_LENGTH:
+                found.append(text)
+
+    if values:
+        walk(json.loads(json.dumps(dict(values), default=str)), public_params(values))
+    return found
+
+
+def scrub_exception(err: BaseException, secrets: Sequence[str]) -> None:
+    """Replace ``secrets`` by ``***`` in ``err``'s message (and a command error's stderr/stdout).
+
+    A script may echo a secret it was given into the stderr that the error message quotes. The task
+    log masks it, but not everything that reports the exception does (OpenLineage's FAIL event).
+    """
+    if not secrets:
+        return
+
+    def scrub(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+    err.args = tuple(scrub(arg) for arg in err.args)
+    for name in ("stderr", "stdout"):
+        if isinstance(getattr(err, name, None), str):
+            setattr(err, name, scrub(getattr(err, name)))
+
+
 def parse_ansible_recap(stdout: str) -> dict[str, dict[str, int]]:
     """``PLAY RECAP`` lines -> ``{host: {"ok": 2, "changed": 0, "failed": 0, ...}}``."""
     recap: dict[str, dict[str, int]] = {}
@@ -93,6 +161,9 @@ class QubinodeBaseOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("qubinode_conn_id", "kcli_client")
     ui_color = "#fde9d9"
+    # What execute() leaves for the OpenLineage methods (complete/failure); never sent elsewhere.
+    _lineage_result: Any = None
+    _lineage_error: str | None = None
 
     def __init__(
         self,
@@ -120,15 +191,44 @@ class QubinodeBaseOperator(BaseOperator):
         """Where the work happens (connection and kcli client): for logs and, later, lineage."""
         return {"conn_id": self.qubinode_conn_id, "kcli_client": self.kcli_client or None}
 
+    def secret_values(self) -> list[str]:
+        """Values of this task's secret-looking params/env/extra vars (never logged or emitted)."""
+        return [v for name in SECRET_BEARING_FIELDS for v in secret_values(getattr(self, name, None))]
+
     def execute(self, context: Any) -> Any:
-        with self.get_hook() as hook:
-            return self.execute_with_hook(hook, context)
+        self._lineage_result = self._lineage_error = None
+        try:
+            with self.get_hook() as hook:
+                result = self.execute_with_hook(hook, context)
+        except Exception as err:
+            scrub_exception(err, self.secret_values())
+            self._lineage_error = str(err) or type(err).__name__
+            raise
+        self._lineage_result = result
+        return result
 
     def execute_with_hook(self, hook: QubinodeHook, context: Any) -> Any:  # pragma: no cover
         raise NotImplementedError
 
-    # OpenLineage: get_openlineage_facets_on_start / get_openlineage_facets_on_complete belong here
-    # (added by the lineage issue; they can read qubinode_target() and the subclass attributes).
+    # -- OpenLineage (airflow_llm_provider.lineage.qubinode, imported only here) -------------------
+    # One implementation for every Qubinode operator: the VM/plan/cluster/component/playbook the
+    # operator targets as output datasets (namespace per hypervisor host or kcli client), with the
+    # airflowLlm_qubinodeResource facet (no secrets); errorMessage on failure.
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "start")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "complete", task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "failure", task_instance)
 
 
 class QubinodeCreateVMOperator(QubinodeBaseOperator):

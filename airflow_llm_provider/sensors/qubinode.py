@@ -20,6 +20,8 @@ from airflow.providers.common.compat.sdk import (
 )
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
     from airflow_llm_provider.hooks.qubinode import QubinodeHook
 
 UP_ALIASES = ("up", "running")
@@ -45,6 +47,7 @@ class QubinodeVMSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("vm_name", "qubinode_conn_id", "kcli_client", "target_status")
     ui_color = "#fde9d9"
+    _lineage_vm: dict[str, Any] | None = None  # the VM once ready (OpenLineage on complete)
 
     def __init__(
         self,
@@ -95,7 +98,8 @@ class QubinodeVMSensor(BaseSensorOperator):
 
         ready, message, vm = self._check()
         self.log.info("%s", message)
-        return PokeReturnValue(is_done=ready, xcom_value=vm_summary(vm) if ready else None)
+        self._lineage_vm = vm_summary(vm) if ready else None
+        return PokeReturnValue(is_done=ready, xcom_value=self._lineage_vm)
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
@@ -106,7 +110,8 @@ class QubinodeVMSensor(BaseSensorOperator):
         ready, message, vm = self._check()  # already there: no need to defer
         self.log.info("%s", message)
         if ready:
-            return vm_summary(vm)
+            self._lineage_vm = vm_summary(vm)
+            return self._lineage_vm
         self.defer(
             trigger=QubinodeVMTrigger(
                 vm_name=self.vm_name,
@@ -127,4 +132,22 @@ class QubinodeVMSensor(BaseSensorOperator):
             message = (event or {}).get("message", "no event")
             raise AirflowException(f"Waiting for VM {self.vm_name!r} failed: {message}")
         self.log.info("%s", event.get("message"))
-        return dict(event.get("vm") or {})
+        self._lineage_vm = dict(event.get("vm") or {})
+        return self._lineage_vm
+
+    # -- OpenLineage: the VM as the input dataset (see airflow_llm_provider.lineage.qubinode) ------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "start")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "complete", task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "failure", task_instance)
