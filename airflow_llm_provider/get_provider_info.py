@@ -120,6 +120,44 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "llm_ledger",
                         "default": "",
                     },
+                    "ledger_enabled": {
+                        "description": (
+                            "Record every LLM call of every cascade task in the cost ledger. Shared "
+                            "budgets need it and turn it on regardless."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                    "budgets": {
+                        "description": (
+                            "Shared LLM budgets for every cascade task of this deployment, as a JSON "
+                            'list, e.g. [{"scope": "tag_day", "tag": "team-a", "max_cost_usd": 20}]. '
+                            "Scopes: dag_run, dag_day, tag_day. Tasks add their own with budgets=."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": '[{"scope": "dag_day", "max_cost_usd": 5, "warn_at": 0.8}]',
+                        "default": "",
+                    },
+                    "alert_slack_conn_id": {
+                        "description": (
+                            "Slack connection (slackwebhook or slack) for budget threshold and breach "
+                            "alerts. Empty: alerts go to the task log only."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "slack_llm_alerts",
+                        "default": "",
+                    },
+                    "alert_slack_channel": {
+                        "description": "Channel for alerts through a Slack API (slack) connection.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "#llm-costs",
+                        "default": "",
+                    },
                     "ledger_path": {
                         "description": (
                             "The SQLite cost ledger used when ledger_conn_id is empty. Default: "

@@ -744,12 +744,6 @@ class CascadeRunner:
         from pydantic_ai.usage import UsageLimits
 
         name = model_name or DEFAULT_MODEL
-        self._before_call(
-            phase.name,
-            model=name,
-            estimated_input_tokens=estimate_tokens(system) + estimate_tokens(prompt),
-            declared=self.options.declared_price,
-        )
         tools = [self._tackle_tool(tool_name) for tool_name in phase.tackle]
         chosen: dict[str, str] = {}
         targets = phase.handoff_targets
@@ -775,21 +769,25 @@ class CascadeRunner:
         )
         max_turns = phase.rules.max_turns if phase.rules else 1
         limits = UsageLimits(request_limit=max_turns + 1 + (1 if tools else 0) * max_turns)
-        started = time.monotonic()
         try:
-            async with self._slots:
-                result = await agent.run(
-                    prompt,
-                    usage_limits=limits,
-                    model_settings=cast("ModelSettings | None", self.options.model_settings),
-                )
+            result = await self._guarded_run(
+                agent,
+                prompt,
+                phase=phase.name,
+                label=phase.name,
+                model=name,
+                estimated_input_tokens=estimate_tokens(system) + estimate_tokens(prompt),
+                attempt=attempt,
+                sounding=sounding,
+                usage_limits=limits,
+                model_settings=cast("ModelSettings | None", self.options.model_settings),
+            )
         except UnexpectedModelBehavior as err:
             raise _AttemptRejected(str(err), f"Your previous answer was rejected: {err}") from err
         except Exception as err:  # HTTP errors after the client's own retries, limits...
             if isinstance(err, BudgetExceeded):
                 raise
             raise PhaseFailed(phase.name, f"LLM call failed: {_describe(err)}") from err
-        self._record(phase.name, name, result, attempt=attempt, sounding=sounding, started=started)
         output = result.output
         if phase.output_schema is not None:
             problem = _schema_problem(output, phase.output_schema)
@@ -872,17 +870,16 @@ class CascadeRunner:
                 reason: str = ""
 
             name = spec.model or self.cascade.defaults.model or self.options.model
-            self._before_call(
-                f"validator {validator}",
+            agent = Agent(self._model(name), output_type=Verdict, instructions=self.render(spec.instructions))
+            result = await self._guarded_run(
+                agent,
+                "## Content to validate\n" + _to_text(content),
+                phase=f"validator {validator}",
+                label=f"validator:{validator}",
                 model=name or DEFAULT_MODEL,
                 estimated_input_tokens=estimate_tokens(spec.instructions)
                 + estimate_tokens(_to_text(content)),
-                declared=self.options.declared_price,
             )
-            agent = Agent(self._model(name), output_type=Verdict, instructions=self.render(spec.instructions))
-            async with self._slots:
-                result = await agent.run("## Content to validate\n" + _to_text(content))
-            self._record(f"validator:{validator}", name or DEFAULT_MODEL, result)
             verdict = result.output.model_dump()
         if isinstance(verdict, bool):
             return verdict, "" if verdict else f"{validator} said no"
@@ -980,20 +977,19 @@ class CascadeRunner:
         name = soundings.evaluator_model or self._model_name(phase)
         listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
         instructions = self.render(soundings.evaluator_instructions or "Pick the best attempt.", extra)
-        self._before_call(
-            phase.name,
-            model=name or DEFAULT_MODEL,
-            estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
-            declared=self.options.declared_price,
-        )
         agent = Agent(
             self._model(name),
             output_type=Choice,
             instructions=f"{instructions}\n\nAnswer with the number (1-{len(candidates)}) of the best one.",
         )
-        async with self._slots:
-            result = await agent.run(listing)
-        self._record(f"{phase.name}:evaluator", name or DEFAULT_MODEL, result)
+        result = await self._guarded_run(
+            agent,
+            listing,
+            phase=phase.name,
+            label=f"{phase.name}:evaluator",
+            model=name or DEFAULT_MODEL,
+            estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
+        )
         winner = result.output.winner - 1
         return winner if 0 <= winner < len(candidates) else 0
 
@@ -1007,17 +1003,44 @@ class CascadeRunner:
         name = soundings.aggregator_model or self._model_name(phase)
         listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
         instructions = self.render(soundings.aggregator_instructions)
-        self._before_call(
-            phase.name,
+        agent = Agent(self._model(name), instructions=instructions)
+        result = await self._guarded_run(
+            agent,
+            listing,
+            phase=phase.name,
+            label=f"{phase.name}:aggregator",
             model=name or DEFAULT_MODEL,
             estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
-            declared=self.options.declared_price,
         )
-        agent = Agent(self._model(name), instructions=instructions)
-        async with self._slots:
-            result = await agent.run(listing)
-        self._record(f"{phase.name}:aggregator", name or DEFAULT_MODEL, result)
         return result.output
+
+    async def _guarded_run(
+        self,
+        agent: Any,
+        prompt: str,
+        *,
+        phase: str,
+        label: str,
+        model: str,
+        estimated_input_tokens: int,
+        attempt: int = 1,
+        sounding: int | None = None,
+        **run_kwargs: Any,
+    ) -> Any:
+        """One LLM call holding a concurrency slot from the budget check to the usage record, so a
+        call that waited for its slot is checked against what the calls before it really spent
+        (otherwise parallel phases or soundings would all pass the check before any of them ran)."""
+        async with self._slots:
+            self._before_call(
+                phase,
+                model=model,
+                estimated_input_tokens=estimated_input_tokens,
+                declared=self.options.declared_price,
+            )
+            started = time.monotonic()
+            result = await agent.run(prompt, **run_kwargs)
+            self._record(label, model, result, attempt=attempt, sounding=sounding, started=started)
+        return result
 
     def _before_call(
         self,

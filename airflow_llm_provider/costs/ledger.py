@@ -23,6 +23,7 @@ from typing import Any
 from airflow_llm_provider.cascades.cache import _describe_dsn, normalise_postgres_uri
 
 TABLE = "llm_cost_ledger"
+ALERTS_TABLE = "llm_budget_alerts"
 DEFAULT_SQLITE_NAME = "llm_cost_ledger.db"
 
 
@@ -159,6 +160,15 @@ class Ledger:
         sql = f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
         self._execute(sql, [_row(e) for e in batch], many=True)
 
+    def claim_alert(self, key: str) -> bool:
+        """True for the first caller with ``key`` across every process sharing the ledger: an alert
+        about a scope is sent once, however many tasks see the threshold crossed."""
+        sql = (
+            f"INSERT INTO {ALERTS_TABLE} (key, created_at) VALUES ({self.marker}, {self.marker}) "
+            "ON CONFLICT (key) DO NOTHING RETURNING key"
+        )
+        return bool(self._execute(sql, (key, dt.datetime.now(dt.UTC).isoformat())))
+
     # -- reading -------------------------------------------------------------------------------
     def _filters(self, scope: Scope) -> tuple[str, list[Any]]:
         clauses, params = [], []
@@ -258,7 +268,7 @@ class SQLiteLedger(Ledger):
             "requests INTEGER, input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, "
             "cache_hit INTEGER, duration_s REAL, tags TEXT"
         )
-        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES]
+        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES, _ALERTS_DDL]
 
     def _execute(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> list[tuple]:
         try:
@@ -312,7 +322,7 @@ class PostgresLedger(Ledger):
             "requests INTEGER, input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE PRECISION, "
             "cache_hit BOOLEAN, duration_s DOUBLE PRECISION, tags TEXT"
         )
-        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES]
+        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES, _ALERTS_DDL]
 
     def _connection(self) -> Any:
         import psycopg2
@@ -361,6 +371,7 @@ _INDEXES = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_run ON {TABLE} (dag_id, run_id)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_day ON {TABLE} (day)",
 )
+_ALERTS_DDL = f"CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} (key TEXT PRIMARY KEY, created_at TEXT NOT NULL)"
 _SQLITE_URL = re.compile(r"^sqlite:///(?P<path>.+)$")
 
 

@@ -99,6 +99,11 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
         by default answers are only reused within the same DAG run, task and map index.
     :param tools: registered tools (name -> callable) the cascade may use.
     :param max_concurrency: LLM calls in flight at once within the task.
+    :param budgets: shared budgets above this task, e.g.
+        ``[{"scope": "dag_day", "max_cost_usd": 5, "warn_at": 0.8}]`` (scopes ``dag_run``,
+        ``dag_day``, ``tag_day`` with a ``tag``); checked against the cost ledger before each call.
+    :param alert_slack_conn_id: Slack connection (webhook or API) for budget alerts; default
+        ``[llm_provider] alert_slack_conn_id``. ``alert_slack_channel`` for API connections.
     """
 
     template_fields: Sequence[str] = ("inputs", "llm_conn_id", "model")
@@ -117,9 +122,15 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
         cache_ttl_seconds: float | None = None,
         tools: Mapping[str, Callable[..., Any]] | None = None,
         max_concurrency: int = 5,
+        budgets: Sequence[Mapping[str, Any]] | None = None,
+        alert_slack_conn_id: str | None = None,
+        alert_slack_channel: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.budgets = list(budgets or [])
+        self.alert_slack_conn_id = alert_slack_conn_id
+        self.alert_slack_channel = alert_slack_channel
         self.cascade = cascade if isinstance(cascade, Mapping) else os.fspath(cascade)
         self.inputs = dict(inputs or {})
         self.llm_conn_id = llm_conn_id
@@ -207,8 +218,59 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
         cache_scope="shared" if task.cache_ttl_seconds else run_scope(context),
         cache_max_age_seconds=task.cache_ttl_seconds,
         on_event=lambda line: task.log.info("%s", line),
+        call_observer=ledger_accounting_for(task, context),
     )
     return options, hook
+
+
+def _int_or(value: Any, default: int) -> int:
+    return default if value is None else int(value)
+
+
+def ledger_accounting_for(task: Any, context: Any) -> Any:
+    """The cost ledger and shared budgets for this task instance (None when the ledger is off and
+    no budget is declared). Budgets come from the task (``budgets=``, also via ``default_args``)
+    and from ``[llm_provider] budgets``; alerts go to ``alert_slack_conn_id`` or the config's."""
+    import json
+
+    from airflow.providers.common.compat.sdk import conf
+
+    from airflow_llm_provider.costs.budgets import LedgerAccounting, TaskIdentity, parse_budgets
+    from airflow_llm_provider.costs.ledger import configured_ledger
+
+    configured = (conf.get("llm_provider", "budgets", fallback="") or "").strip()
+    try:
+        budgets = parse_budgets(getattr(task, "budgets", None), "budgets") + parse_budgets(
+            json.loads(configured) if configured else [], "[llm_provider] budgets"
+        )
+    except (ValueError, TypeError) as err:
+        raise AirflowFailException(f"invalid LLM budget: {err}") from None
+    if not budgets and not conf.getboolean("llm_provider", "ledger_enabled", fallback=True):
+        return None
+    ti = context.get("ti") or context.get("task_instance")
+    dag = context.get("dag")
+    identity = TaskIdentity(
+        dag_id=getattr(ti, "dag_id", task.dag_id),
+        run_id=getattr(ti, "run_id", None) or str(context.get("run_id", "manual")),
+        task_id=getattr(ti, "task_id", task.task_id),
+        map_index=_int_or(getattr(ti, "map_index", None), -1),
+        try_number=_int_or(getattr(ti, "try_number", None), 1),
+        tags=tuple(sorted(getattr(dag, "tags", None) or ())),
+    )
+    slack_conn_id = getattr(task, "alert_slack_conn_id", None) or conf.get(
+        "llm_provider", "alert_slack_conn_id", fallback=""
+    )
+    channel = getattr(task, "alert_slack_channel", None) or conf.get(
+        "llm_provider", "alert_slack_channel", fallback=""
+    )
+    alert = None
+    if slack_conn_id:
+        from airflow_llm_provider.notifications.slack import post_to_slack
+
+        def alert(text: str) -> None:
+            post_to_slack(slack_conn_id, text, channel=channel or None)
+
+    return LedgerAccounting(configured_ledger(), identity, budgets, alert=alert)
 
 
 def template_context(context: Any) -> dict[str, Any]:

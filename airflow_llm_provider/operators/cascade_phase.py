@@ -121,9 +121,16 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
         cache_ttl_seconds: float | None = None,
         tools: Mapping[str, Callable[..., Any]] | None = None,
         max_concurrency: int = 5,
+        budgets: Sequence[Mapping[str, Any]] | None = None,
+        alert_slack_conn_id: str | None = None,
+        alert_slack_channel: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Shared budgets and their alerts: as on CascadeOperator (see ledger_accounting_for).
+        self.budgets = list(budgets or [])
+        self.alert_slack_conn_id = alert_slack_conn_id
+        self.alert_slack_channel = alert_slack_channel
         self.cascade = cascade if isinstance(cascade, Mapping) else os.fspath(cascade)
         self.phase = phase
         self.pulls = dict(pulls or {})
