@@ -122,3 +122,39 @@ def _cost_so_far(context: Mapping[str, Any]) -> Any | None:
     except Exception as err:
         log.warning("LLM cost so far unknown for the alert (%s: %s)", type(err).__name__, err)
         return None
+
+
+async def slack_deadline_alert(
+    slack_conn_id: str, channel: str | None = None, context: Mapping[str, Any] | None = None
+) -> bool:
+    """An Airflow 3.1+ Deadline Alert callback (runs in the triggerer)::
+
+    DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=30),
+        callback=AsyncCallback(slack_deadline_alert, kwargs={"slack_conn_id": "slack_alerts"}),
+    )
+    """
+    import asyncio
+
+    dag_run = (context or {}).get("dag_run") or {}
+    deadline = ((context or {}).get("deadline") or {}).get("deadline_time")
+    # The triggerer gets the run as the REST API shows it (``dag_run_id``).
+    run_id = dag_run.get("dag_run_id") or dag_run.get("run_id") or "?"
+    text = deadline_text(dag_run.get("dag_id", "?"), run_id, deadline)
+    # The Slack hooks are synchronous; keep the triggerer's event loop free while they post.
+    return await asyncio.to_thread(post_to_slack, slack_conn_id, text, channel=channel)
+
+
+def sla_miss_slack_callback(slack_conn_id: str, channel: str | None = None) -> Any:
+    """Airflow 2.x: ``DAG(sla_miss_callback=sla_miss_slack_callback("slack_alerts"))``."""
+
+    def callback(dag: Any, task_list: str, blocking_task_list: str, slas: Any, blocking_tis: Any) -> None:
+        for sla in slas or []:
+            post_to_slack(
+                slack_conn_id,
+                deadline_text(dag.dag_id, f"{sla.task_id} @ {sla.execution_date}", "task SLA"),
+                channel=channel,
+            )
+
+    return callback

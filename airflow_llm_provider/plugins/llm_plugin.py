@@ -1,10 +1,21 @@
 """The provider's AirflowPlugin, registered through the ``airflow.plugins`` entry point.
 
-It is the one place where UI views, macros and listeners of this provider attach to Airflow.
-Later capabilities (the LLM-cost page, lineage listeners) add themselves here.
+It is the one place where UI views, macros and listeners of this provider attach to Airflow:
+
+- macros (every component);
+- the LLM-cost page (``plugins/cost_page``): on Airflow 3 a FastAPI app mounted at ``/llm-costs``
+  plus a navigation entry (``external_views``, Airflow 3.1+); on Airflow 2 a Flask-AppBuilder view
+  at ``/llm-costs`` with a "Browse > LLM costs" menu entry.
+
+Every component imports this module (schedulers and workers too, for the macros), so the web
+parts are built only when read: the api-server reads ``fastapi_apps``, the Airflow 2 webserver
+reads ``appbuilder_views``. Importing the plugin imports neither FastAPI nor Flask.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowPlugin
 
@@ -16,6 +27,54 @@ def provider_version() -> str:
     return __version__
 
 
+class _BuiltOnRead:
+    """A plugin attribute computed the first time it is read, on the class or an instance (Airflow
+    keeps provider-registered plugins as classes and entry-point plugins as instances)."""
+
+    def __init__(self, build: Callable[[], list[Any]]) -> None:
+        self._build = build
+        self._value: list[Any] | None = None
+
+    def __get__(self, instance: object, owner: type | None = None) -> list[Any]:
+        if self._value is None:
+            self._value = self._build()
+        return self._value
+
+
+def _fastapi_apps() -> list[Any]:
+    from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
+
+    if not AIRFLOW_V_3_0_PLUS:
+        return []
+    from airflow_llm_provider.plugins.cost_page.fastapi_app import fastapi_app_entry
+
+    return [fastapi_app_entry()]
+
+
+def _appbuilder_views() -> list[Any]:
+    from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
+
+    if AIRFLOW_V_3_0_PLUS:
+        return []
+    from airflow_llm_provider.plugins.cost_page.flask_view import appbuilder_view_entry
+
+    return [appbuilder_view_entry()]
+
+
+COST_PAGE_VIEW = {
+    "name": "LLM costs",
+    # Relative to the UI's base URL (no leading slash), so a [api] base_url prefix is kept.
+    "href": "llm-costs/",
+    # With a url_route the UI shows the page inside itself (an iframe at /plugin/llm-costs).
+    "url_route": "llm-costs",
+    "destination": "nav",
+    "category": "browse",
+}
+
+
 class LLMProviderPlugin(AirflowPlugin):
     name = "llm_provider"
     macros = [provider_version]
+    fastapi_apps = _BuiltOnRead(_fastapi_apps)
+    external_views = [COST_PAGE_VIEW]
+    appbuilder_views = _BuiltOnRead(_appbuilder_views)
