@@ -2,7 +2,7 @@
 
 It is the one place where UI views, macros and listeners of this provider attach to Airflow:
 
-- macros (every component);
+- macros (every component): ``provider_version``, ``llm_cost`` and ``llm_budget_left``;
 - the LLM-cost page (``plugins/cost_page``): on Airflow 3 a FastAPI app mounted at ``/llm-costs``
   plus a navigation entry (``external_views``, Airflow 3.1+); on Airflow 2 a Flask-AppBuilder view
   at ``/llm-costs`` with a "Browse > LLM costs" menu entry.
@@ -25,6 +25,29 @@ from airflow_llm_provider import __version__
 def provider_version() -> str:
     """``{{ macros.llm_provider.provider_version() }}``: the installed provider version."""
     return __version__
+
+
+def llm_cost(
+    dag_id: str | None, run_id: str | None = None, day: str | None = None, tag: str | None = None
+) -> float:
+    """``{{ macros.llm_provider.llm_cost(dag.dag_id, run_id) }}``: USD the ledger recorded for a
+    DAG run (or, with ``day="YYYY-MM-DD"``, a DAG's day; ``tag`` with ``dag_id=None`` a team's)."""
+    from airflow_llm_provider.costs.ledger import Scope, configured_ledger
+
+    return round(configured_ledger().spent(Scope(dag_id=dag_id, run_id=run_id, day=day, tag=tag)).cost_usd, 6)
+
+
+def llm_budget_left(
+    max_cost_usd: float,
+    dag_id: str | None,
+    run_id: str | None = None,
+    day: str | None = None,
+    tag: str | None = None,
+) -> float:
+    """``{{ macros.llm_provider.llm_budget_left(5.0, dag.dag_id, day=ds) }}``: USD left of a budget
+    in that scope (never below 0)."""
+    spent = llm_cost(dag_id, run_id=run_id, day=day, tag=tag)
+    return round(max(0.0, float(max_cost_usd) - spent), 6)
 
 
 class _BuiltOnRead:
@@ -74,7 +97,7 @@ COST_PAGE_VIEW = {
 
 class LLMProviderPlugin(AirflowPlugin):
     name = "llm_provider"
-    macros = [provider_version]
+    macros = [provider_version, llm_cost, llm_budget_left]
     fastapi_apps = _BuiltOnRead(_fastapi_apps)
     external_views = [COST_PAGE_VIEW]
     appbuilder_views = _BuiltOnRead(_appbuilder_views)
