@@ -24,11 +24,14 @@ from airflow.providers.openlineage.extractors.base import (
 )
 
 
-class _OperatorMethodsExtractor(BaseExtractor):
+class OperatorMethodsExtractor(BaseExtractor):
     """Delegates to the operator's own lineage methods (no second implementation)."""
 
     def _call(self, method_name: str, *args: Any) -> OperatorLineage | None:
-        lineage = getattr(self.operator, method_name)(*args)
+        method = getattr(self.operator, method_name, None)
+        if method is None:  # e.g. an unrelated operator that happens to share a class name
+            return None
+        lineage = method(*args)
         if lineage is None:
             return None
         # Re-wrapped like the provider's DefaultExtractor does, in case of another OperatorLineage.
@@ -49,7 +52,7 @@ class _OperatorMethodsExtractor(BaseExtractor):
         return self._call(OL_METHOD_NAME_FAIL, task_instance)
 
 
-class CascadeExtractor(_OperatorMethodsExtractor):
+class CascadeExtractor(OperatorMethodsExtractor):
     """A whole cascade in one task: ``CascadeOperator``, ``@task.cascade``, and the single task a
     cascade that cannot be a DAG is rendered as."""
 
@@ -58,7 +61,7 @@ class CascadeExtractor(_OperatorMethodsExtractor):
         return ["CascadeOperator", "_CascadeDecoratedOperator", "CascadeWholeRunOperator"]
 
 
-class CascadePhaseExtractor(_OperatorMethodsExtractor):
+class CascadePhaseExtractor(OperatorMethodsExtractor):
     """The tasks of a cascade rendered as a DAG that run phases (a phase, a sounding attempt, the
     soundings judge)."""
 

@@ -14,15 +14,7 @@ This module imports the OpenLineage provider at import time: only the provider i
 
 from __future__ import annotations
 
-from typing import Any
-
-from airflow.providers.openlineage.extractors.base import (
-    OL_METHOD_NAME_COMPLETE,
-    OL_METHOD_NAME_FAIL,
-    OL_METHOD_NAME_START,
-    BaseExtractor,
-    OperatorLineage,
-)
+from airflow_llm_provider.lineage.extractors import OperatorMethodsExtractor
 
 QUBINODE_TASK_TYPES = [
     "QubinodeCreateVMOperator",
@@ -36,34 +28,10 @@ QUBINODE_TASK_TYPES = [
 ]
 
 
-class QubinodeExtractor(BaseExtractor):
+class QubinodeExtractor(OperatorMethodsExtractor):
     """Every Qubinode operator and ``QubinodeVMSensor``: delegates to the task's own lineage methods
     (:func:`airflow_llm_provider.lineage.qubinode.qubinode_lineage` behind them)."""
 
     @classmethod
     def get_operator_classnames(cls) -> list[str]:
         return list(QUBINODE_TASK_TYPES)
-
-    def _call(self, method_name: str, *args: Any) -> OperatorLineage | None:
-        method = getattr(self.operator, method_name, None)
-        if method is None:  # e.g. an unrelated operator that happens to share a class name
-            return None
-        lineage = method(*args)
-        if lineage is None:
-            return None
-        # Re-wrapped in this provider's OperatorLineage, as the provider's DefaultExtractor does.
-        return OperatorLineage(
-            inputs=lineage.inputs,
-            outputs=lineage.outputs,
-            run_facets=lineage.run_facets,
-            job_facets=lineage.job_facets,
-        )
-
-    def _execute_extraction(self) -> OperatorLineage | None:
-        return self._call(OL_METHOD_NAME_START)
-
-    def extract_on_complete(self, task_instance: Any) -> OperatorLineage | None:
-        return self._call(OL_METHOD_NAME_COMPLETE, task_instance)
-
-    def extract_on_failure(self, task_instance: Any) -> OperatorLineage | None:
-        return self._call(OL_METHOD_NAME_FAIL, task_instance)

@@ -149,7 +149,29 @@ def parse_ansible_recap(stdout: str) -> dict[str, dict[str, int]]:
     return recap
 
 
-class QubinodeBaseOperator(BaseOperator):
+class QubinodeLineageMixin:
+    """OpenLineage methods of every Qubinode operator and the VM sensor: one implementation,
+    :func:`airflow_llm_provider.lineage.qubinode.qubinode_lineage` (the VM, plan, cluster, component
+    or playbook as datasets per hypervisor host or kcli client, the airflowLlm_qubinodeResource
+    facet without secrets, errorMessage on failure), imported only when OpenLineage asks."""
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "start")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "complete", task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
+
+        return qubinode_lineage(self, "failure", task_instance)
+
+
+class QubinodeBaseOperator(QubinodeLineageMixin, BaseOperator):
     """
     Shared plumbing: the ``qubinode`` connection, one hook (one SSH session) per execution.
 
@@ -211,24 +233,6 @@ class QubinodeBaseOperator(BaseOperator):
         raise NotImplementedError
 
     # -- OpenLineage (airflow_llm_provider.lineage.qubinode, imported only here) -------------------
-    # One implementation for every Qubinode operator: the VM/plan/cluster/component/playbook the
-    # operator targets as output datasets (namespace per hypervisor host or kcli client), with the
-    # airflowLlm_qubinodeResource facet (no secrets); errorMessage on failure.
-
-    def get_openlineage_facets_on_start(self) -> OperatorLineage:
-        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
-
-        return qubinode_lineage(self, "start")
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
-        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
-
-        return qubinode_lineage(self, "complete", task_instance)
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
-        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
-
-        return qubinode_lineage(self, "failure", task_instance)
 
 
 class QubinodeCreateVMOperator(QubinodeBaseOperator):

@@ -19,15 +19,15 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-if TYPE_CHECKING:
-    from airflow.providers.openlineage.extractors import OperatorLineage
+from airflow_llm_provider.operators.qubinode import QubinodeLineageMixin
 
+if TYPE_CHECKING:
     from airflow_llm_provider.hooks.qubinode import QubinodeHook
 
 UP_ALIASES = ("up", "running")
 
 
-class QubinodeVMSensor(BaseSensorOperator):
+class QubinodeVMSensor(QubinodeLineageMixin, BaseSensorOperator):
     """
     Wait for VM ``vm_name`` to reach ``target_status`` on a Qubinode host (or a kcli cloud client).
 
@@ -134,20 +134,3 @@ class QubinodeVMSensor(BaseSensorOperator):
         self.log.info("%s", event.get("message"))
         self._lineage_vm = dict(event.get("vm") or {})
         return self._lineage_vm
-
-    # -- OpenLineage: the VM as the input dataset (see airflow_llm_provider.lineage.qubinode) ------
-
-    def get_openlineage_facets_on_start(self) -> OperatorLineage:
-        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
-
-        return qubinode_lineage(self, "start")
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
-        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
-
-        return qubinode_lineage(self, "complete", task_instance)
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
-        from airflow_llm_provider.lineage.qubinode import qubinode_lineage
-
-        return qubinode_lineage(self, "failure", task_instance)
