@@ -472,3 +472,31 @@ def test_own_failure_facets_budget_stop_in_process(llm_server: Any, airflow_conn
     assert usage.status == "failed" and usage.models == ["openai:gpt-4o-mini"]
     assert lineage.inputs == [] and lineage.outputs == []
     assert PROMPT_MARK not in repr(operator._lineage_state)
+
+
+def test_plumbing_steps_report_only_their_declared_datasets():
+    from airflow.providers.common.compat.assets import Asset
+
+    from airflow_llm_provider.operators.cascade_phase import (
+        CascadeCollectOperator,
+        CascadeItemsOperator,
+        CascadeRouteOperator,
+    )
+
+    steps = [
+        CascadeItemsOperator(task_id="items", source_task_id="a", map_over="a"),
+        CascadeCollectOperator(
+            task_id="collect", phase="p", results=[], outlets=[Asset("file:///out/x.json")]
+        ),
+        CascadeRouteOperator(task_id="route", phase_task_id="a", targets={}, fallthrough="end"),
+    ]
+    for step in steps:
+        for lineage in (
+            step.get_openlineage_facets_on_start(),
+            step.get_openlineage_facets_on_complete(None),
+            step.get_openlineage_facets_on_failure(None),
+        ):
+            assert lineage.run_facets == {}  # no usage facet: the phase tasks report the calls
+            assert lineage.inputs == []
+            expected = ["/out/x.json"] if step.task_id == "collect" else []
+            assert [d.name for d in lineage.outputs] == expected

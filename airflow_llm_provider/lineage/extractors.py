@@ -62,9 +62,16 @@ class CascadeExtractor(OperatorMethodsExtractor):
 
 
 class CascadePhaseExtractor(OperatorMethodsExtractor):
-    """The tasks of a cascade rendered as a DAG that run phases (a phase, a sounding attempt, the
-    soundings judge)."""
+    """The tasks of a cascade rendered as a DAG: the phases (a phase, a sounding attempt, the
+    soundings judge) and the plumbing steps between them (items, collect, route)."""
 
     @classmethod
     def get_operator_classnames(cls) -> list[str]:
-        return ["CascadePhaseOperator", "CascadeSoundingOperator", "CascadeSoundingsJudgeOperator"]
+        return [
+            "CascadePhaseOperator",
+            "CascadeSoundingOperator",
+            "CascadeSoundingsJudgeOperator",
+            "CascadeItemsOperator",
+            "CascadeCollectOperator",
+            "CascadeRouteOperator",
+        ]

@@ -326,7 +326,31 @@ class CascadeWholeRunOperator(CascadeOperator):
         return super().execute(context)
 
 
-class CascadeItemsOperator(BaseOperator):
+class _XComOnlyLineageMixin:
+    """OpenLineage methods of the plumbing steps (items, collect, route). They read and write only
+    XCom and call no model, so their events carry just the task's declared inlets/outlets: no
+    usage facet, which would count the phase tasks' calls twice."""
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        return _declared_lineage(self)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return _declared_lineage(self)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return _declared_lineage(self)
+
+
+def _declared_lineage(task: Any) -> Any:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+    from airflow_llm_provider.lineage.cascade import declared_datasets
+
+    inputs, outputs = declared_datasets(task)
+    return OperatorLineage(inputs=inputs, outputs=outputs)
+
+
+class CascadeItemsOperator(_XComOnlyLineageMixin, BaseOperator):
     """The list a ``map_over: phase[.key.path]`` phase is mapped over, from that phase's XCom."""
 
     ui_color = "#f1f3f4"
@@ -347,7 +371,7 @@ class CascadeItemsOperator(BaseOperator):
         return items
 
 
-class CascadeCollectOperator(BaseOperator):
+class CascadeCollectOperator(_XComOnlyLineageMixin, BaseOperator):
     """The reduce step of a mapped phase: the outputs of its instances as one list, in item order."""
 
     template_fields: Sequence[str] = ("results",)
@@ -369,7 +393,7 @@ class CascadeCollectOperator(BaseOperator):
         }
 
 
-class CascadeRouteOperator(BaseBranchOperator):
+class CascadeRouteOperator(_XComOnlyLineageMixin, BaseBranchOperator):
     """Follow the route a phase chose: only the chosen successor runs, the others are skipped.
 
     :param phase_task_id: the task whose XCom holds the phase's ``route``.
