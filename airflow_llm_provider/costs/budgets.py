@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord
@@ -140,6 +140,7 @@ class LedgerAccounting:
         self.alert = alert
         self.now = now
         self._ledger_warned = False
+        self._declared = False
         missing = [b.tag for b in self.budgets if b.scope == "tag_day" and b.tag not in task.tags]
         if missing:
             log.info("tag_day budgets for %s do not apply: the DAG has no such tag", missing)
@@ -171,7 +172,21 @@ class LedgerAccounting:
             yield "max_tokens", float(budget.max_tokens), float(spend.tokens)
 
     # -- CallObserver ----------------------------------------------------------------------------
+    def _declare(self) -> None:
+        """Record the budgets this task runs under, once, for the cost page."""
+        self._declared = True
+        for budget in self.budgets:
+            dag_id = None if budget.scope == "tag_day" else self.task.dag_id
+            key = f"{budget.scope}:{dag_id or ''}:{budget.tag or ''}"
+            declaration = {**asdict(budget), "dag_id": dag_id, "declared_by": self.task.task_id}
+            try:
+                self.ledger.declare_budget(key, declaration)
+            except LedgerUnavailable as err:
+                log.warning("budget declaration not recorded for the cost page: %s", err)
+
     def before_call(self, phase: str, model: str) -> None:
+        if not self._declared:
+            self._declare()
         for budget in self.budgets:
             scope, what, key = self._scope(budget)
             try:

@@ -11,6 +11,7 @@ Airflow metadata DB), and ``conn:<id>`` is resolved lazily through the postgres 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
@@ -24,6 +25,7 @@ from airflow_llm_provider.cascades.cache import _describe_dsn, normalise_postgre
 
 TABLE = "llm_cost_ledger"
 ALERTS_TABLE = "llm_budget_alerts"
+BUDGETS_TABLE = "llm_budgets"
 DEFAULT_SQLITE_NAME = "llm_cost_ledger.db"
 
 
@@ -169,6 +171,23 @@ class Ledger:
         )
         return bool(self._execute(sql, (key, dt.datetime.now(dt.UTC).isoformat())))
 
+    def declare_budget(self, key: str, declaration: Mapping[str, Any]) -> None:
+        """Remember a budget a task runs under (latest declaration wins), so that the cost page,
+        which cannot see DAG files, can show its usage."""
+        now = dt.datetime.now(dt.UTC).isoformat()
+        body = json.dumps(dict(declaration), sort_keys=True)
+        sql = (
+            f"INSERT INTO {BUDGETS_TABLE} (key, declaration, updated_at) VALUES "
+            f"({self.marker}, {self.marker}, {self.marker}) ON CONFLICT (key) DO UPDATE SET "
+            "declaration = excluded.declaration, updated_at = excluded.updated_at"
+        )
+        self._execute(sql, (key, body, now))
+
+    def declared_budgets(self) -> list[dict[str, Any]]:
+        """Every budget tasks declared, as :meth:`declare_budget` stored it."""
+        rows = self._execute(f"SELECT declaration FROM {BUDGETS_TABLE} ORDER BY key")
+        return [json.loads(row[0]) for row in rows]
+
     # -- reading -------------------------------------------------------------------------------
     def _filters(self, scope: Scope) -> tuple[str, list[Any]]:
         clauses, params = [], []
@@ -268,7 +287,7 @@ class SQLiteLedger(Ledger):
             "requests INTEGER, input_tokens INTEGER, output_tokens INTEGER, cost_usd REAL, "
             "cache_hit INTEGER, duration_s REAL, tags TEXT"
         )
-        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES, _ALERTS_DDL]
+        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES, _ALERTS_DDL, _BUDGETS_DDL]
 
     def _execute(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> list[tuple]:
         try:
@@ -322,7 +341,7 @@ class PostgresLedger(Ledger):
             "requests INTEGER, input_tokens BIGINT, output_tokens BIGINT, cost_usd DOUBLE PRECISION, "
             "cache_hit BOOLEAN, duration_s DOUBLE PRECISION, tags TEXT"
         )
-        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES, _ALERTS_DDL]
+        return [f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns})", *_INDEXES, _ALERTS_DDL, _BUDGETS_DDL]
 
     def _connection(self) -> Any:
         import psycopg2
@@ -372,6 +391,10 @@ _INDEXES = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_day ON {TABLE} (day)",
 )
 _ALERTS_DDL = f"CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} (key TEXT PRIMARY KEY, created_at TEXT NOT NULL)"
+_BUDGETS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {BUDGETS_TABLE} "
+    "(key TEXT PRIMARY KEY, declaration TEXT NOT NULL, updated_at TEXT NOT NULL)"
+)
 _SQLITE_URL = re.compile(r"^sqlite:///(?P<path>.+)$")
 
 

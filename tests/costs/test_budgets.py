@@ -117,3 +117,27 @@ def test_parse_keeps_values():
     assert parse_budgets([{"scope": "dag_day", "max_cost_usd": 5, "warn_at": 0}]) == [
         SharedBudget(scope="dag_day", max_cost_usd=5.0, warn_at=0.0)
     ]
+
+
+def test_budgets_are_declared_in_the_ledger_for_the_cost_page(ledger, monkeypatch):
+    acc = accounting(
+        ledger,
+        [{"scope": "dag_day", "max_cost_usd": 5}, {"scope": "tag_day", "tag": "team-a", "max_cost_usd": 9}],
+        tags=("team-a",),
+    )
+    acc.before_call("draft", "m")
+    acc.before_call("title", "m")  # declared once per task, not per call
+    declared = ledger.declared_budgets()
+    assert [(d["scope"], d["dag_id"], d["tag"], d["max_cost_usd"]) for d in declared] == [
+        ("dag_day", "nightly", None, 5.0),
+        ("tag_day", None, "team-a", 9.0),
+    ]
+
+    from airflow_llm_provider.plugins.cost_page import summary
+
+    monkeypatch.setattr("airflow_llm_provider.costs.ledger.configured_ledger", lambda: ledger)
+    specs = summary.budgets_declared_by_tasks()
+    assert [(s.name, s.period, s.dag_id, s.tag, s.limit_usd) for s in specs] == [
+        ("nightly per day", "day", "nightly", None, 5.0),
+        ("tag team-a per day", "day", None, "team-a", 9.0),
+    ]

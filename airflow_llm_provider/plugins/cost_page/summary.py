@@ -99,6 +99,39 @@ def register_budget_source(source: BudgetSource) -> BudgetSource:
     return source
 
 
+@register_budget_source
+def budgets_declared_by_tasks() -> list[BudgetSpec]:
+    """The shared budgets tasks ran under (``budgets=`` or ``[llm_provider] budgets``), which
+    :class:`~airflow_llm_provider.costs.budgets.LedgerAccounting` records in the ledger: the
+    api-server cannot read DAG files, the ledger it can. Dollar limits only (the page is in USD)."""
+    from airflow_llm_provider.costs.ledger import configured_ledger
+
+    specs = []
+    for declared in configured_ledger().declared_budgets():
+        if declared.get("max_cost_usd") is None:
+            continue
+        scope, dag_id, tag = declared.get("scope"), declared.get("dag_id"), declared.get("tag")
+        name = {
+            "dag_run": f"{dag_id} per run",
+            "dag_day": f"{dag_id} per day",
+            "tag_day": f"tag {tag} per day",
+        }.get(str(scope))
+        if name is None:
+            continue
+        specs.append(
+            BudgetSpec(
+                name=name,
+                limit_usd=float(declared["max_cost_usd"]),
+                period="run" if scope == "dag_run" else "day",
+                dag_id=dag_id,
+                tag=tag,
+                soft_ratio=declared.get("warn_at") or None,
+                source=f"declared by task {declared.get('declared_by')}",
+            )
+        )
+    return specs
+
+
 def known_budgets() -> list[BudgetSpec]:
     """Every registered source's budgets; a failing source is logged and skipped, never fatal."""
     found: list[BudgetSpec] = []
