@@ -11,7 +11,7 @@ import re
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PHASE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 END = "end"
@@ -196,6 +196,25 @@ class Budget(_Model):
     max_cost_usd: float | None = Field(None, gt=0)
 
 
+class SharedBudgetSpec(_Model):
+    """A budget shared with other tasks (enforced by the Airflow adapter against the cost ledger):
+    per DAG run, per DAG per UTC day, or per tag (team) per day."""
+
+    scope: Literal["dag_run", "dag_day", "tag_day"]
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0)
+    warn_at: float = Field(0.8, ge=0, lt=1)
+    tag: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> SharedBudgetSpec:
+        if self.max_cost_usd is None and self.max_tokens is None:
+            raise ValueError("set max_cost_usd or max_tokens (or both)")
+        if self.scope == "tag_day" and not self.tag:
+            raise ValueError("a tag_day budget names the tag (team) it counts")
+        return self
+
+
 class AirflowSettings(_Model):
     """DAG arguments used when the cascade is rendered as an Airflow DAG."""
 
@@ -220,6 +239,9 @@ class Cascade(_Model):
     max_phase_visits: int | None = Field(None, ge=1, description="Loop guard; required by handoff cycles")
     defaults: Defaults = Field(default_factory=Defaults)
     budget: Budget | None = None
+    budgets: list[SharedBudgetSpec] = Field(
+        default_factory=list, description="Shared budgets (run under Airflow): dag_run, dag_day, tag_day"
+    )
     airflow: AirflowSettings | None = None
 
     def phase(self, name: str) -> Phase:

@@ -218,7 +218,7 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
         cache_scope="shared" if task.cache_ttl_seconds else run_scope(context),
         cache_max_age_seconds=task.cache_ttl_seconds,
         on_event=lambda line: task.log.info("%s", line),
-        call_observer=ledger_accounting_for(task, context),
+        call_observer=ledger_accounting_for(task, context, cascade),
     )
     return options, hook
 
@@ -227,10 +227,11 @@ def _int_or(value: Any, default: int) -> int:
     return default if value is None else int(value)
 
 
-def ledger_accounting_for(task: Any, context: Any) -> Any:
+def ledger_accounting_for(task: Any, context: Any, cascade: Cascade | None = None) -> Any:
     """The cost ledger and shared budgets for this task instance (None when the ledger is off and
-    no budget is declared). Budgets come from the task (``budgets=``, also via ``default_args``)
-    and from ``[llm_provider] budgets``; alerts go to ``alert_slack_conn_id`` or the config's."""
+    no budget is declared). Budgets come from the task (``budgets=``, also via ``default_args``),
+    the cascade file (``budgets:``) and ``[llm_provider] budgets``; alerts go to
+    ``alert_slack_conn_id`` or the config's."""
     import json
 
     from airflow.providers.common.compat.sdk import conf
@@ -240,8 +241,12 @@ def ledger_accounting_for(task: Any, context: Any) -> Any:
 
     configured = (conf.get("llm_provider", "budgets", fallback="") or "").strip()
     try:
-        budgets = parse_budgets(getattr(task, "budgets", None), "budgets") + parse_budgets(
-            json.loads(configured) if configured else [], "[llm_provider] budgets"
+        budgets = (
+            parse_budgets(getattr(task, "budgets", None), "budgets")
+            + parse_budgets(
+                [b.model_dump() for b in (cascade.budgets if cascade is not None else [])], "cascade budgets"
+            )
+            + parse_budgets(json.loads(configured) if configured else [], "[llm_provider] budgets")
         )
     except (ValueError, TypeError) as err:
         raise AirflowFailException(f"invalid LLM budget: {err}") from None
