@@ -13,6 +13,7 @@ graph and every phase starts as soon as the phases it reads have finished, up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -260,6 +261,7 @@ class CascadeRunner:
         self._visits: dict[str, int] = {}
         self._input: dict[str, Any] = {}
         self._slots = asyncio.Semaphore(max(1, self.options.max_concurrency))
+        self._one_at_a_time: asyncio.Lock = parent._one_at_a_time if parent else asyncio.Lock()
 
     # -- public -----------------------------------------------------------------------------
     async def run(self, inputs: Mapping[str, Any]) -> CascadeResult:
@@ -1031,15 +1033,19 @@ class CascadeRunner:
         call that waited for its slot is checked against what the calls before it really spent
         (otherwise parallel phases or soundings would all pass the check before any of them ran)."""
         async with self._slots:
-            self._before_call(
-                phase,
-                model=model,
-                estimated_input_tokens=estimated_input_tokens,
-                declared=self.options.declared_price,
-            )
-            started = time.monotonic()
-            result = await agent.run(prompt, **run_kwargs)
-            self._record(label, model, result, attempt=attempt, sounding=sounding, started=started)
+            # Near a shared budget's limit, this task's calls go one at a time, so each is checked
+            # against everything spent before it: the overshoot stays within one call.
+            serial = self._one_at_a_time if self.observer and self.observer.near_limit() else None
+            async with serial or contextlib.nullcontext():
+                self._before_call(
+                    phase,
+                    model=model,
+                    estimated_input_tokens=estimated_input_tokens,
+                    declared=self.options.declared_price,
+                )
+                started = time.monotonic()
+                result = await agent.run(prompt, **run_kwargs)
+                self._record(label, model, result, attempt=attempt, sounding=sounding, started=started)
         return result
 
     def _before_call(

@@ -250,6 +250,9 @@ class CallObserver(Protocol):
     def after_call(self, cascade_id: str, record: CallRecord) -> None:
         """Called once the call (or a cache hit, ``record.cache_hit``) has been counted."""
 
+    def near_limit(self) -> bool:
+        """True when a limit is close: the engine then makes this run's calls one at a time."""
+
 
 class BudgetExceeded(RuntimeError):
     """Raised BEFORE a call that would exceed the budget.

@@ -141,6 +141,7 @@ class LedgerAccounting:
         self.now = now
         self._ledger_warned = False
         self._declared = False
+        self._near = False
         missing = [b.tag for b in self.budgets if b.scope == "tag_day" and b.tag not in task.tags]
         if missing:
             log.info("tag_day budgets for %s do not apply: the DAG has no such tag", missing)
@@ -234,15 +235,24 @@ class LedgerAccounting:
                 self._ledger_warned = True
             return
         for budget in self.budgets:
-            if not budget.warn_at:
-                continue
             scope, what, key = self._scope(budget)
             spend = self.ledger.spent(scope)
             for limit, maximum, spent in self._limits(budget, spend):
+                self._note(budget, spent, maximum)
+                if not budget.warn_at:
+                    continue
                 if budget.warn_at * maximum <= spent < maximum:
                     self._send_once(f"warn:{key}:{limit}", what, spent, maximum, limit, breached=False)
                 elif spent >= maximum:
                     self._send_once(f"breach:{key}:{limit}", what, spent, maximum, limit, breached=True)
+
+    def near_limit(self) -> bool:
+        return self._near
+
+    def _note(self, budget: SharedBudget, spent: float, maximum: float) -> None:
+        # Past half of a limit (or its warning threshold, if lower) calls go one at a time.
+        if spent >= min(0.5, budget.warn_at or 0.5) * maximum:
+            self._near = True
 
     def _send_once(
         self, key: str, what: str, spent: float, maximum: float, limit: str, *, breached: bool
