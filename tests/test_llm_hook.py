@@ -147,3 +147,25 @@ def test_test_connection_spends_no_tokens(llm_server, llm_conn):
     assert "openai-chat:gpt-4o-mini" in message
     assert llm_server.requests == []
     assert "sk-secret" not in message
+
+
+def test_the_connection_is_fetched_once_per_hook(llm_server, llm_conn, monkeypatch):
+    """On Airflow 3 every fetch is a round trip to the API server: the model, its name, the
+    declared price and the log line must share one."""
+    from airflow.providers.common.compat.sdk import BaseHook
+
+    fetched = []
+    original = BaseHook.get_connection.__func__
+
+    def counting(cls, conn_id):
+        fetched.append(conn_id)
+        return original(cls, conn_id)
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(counting))
+    hook = LLMHook(llm_conn_id=llm_conn)
+    hook.get_conn()
+    hook.describe()
+    hook.declared_price()
+    hook.model_for(None)
+
+    assert fetched == [llm_conn]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook, conf
 
 if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Connection
     from pydantic_ai.models import Model
 
 CONFIG_SECTION = "llm_provider"
@@ -84,7 +85,18 @@ class LLMHook(BaseHook):
         self.timeout = timeout
         self._model: Model | None = None
         self._model_name: str | None = None
+        self._fetched: list[Connection | None] = []  # [connection], [None] if it does not exist
         self.synthetic = False
+
+    def connection(self) -> Connection | None:
+        """The LLM connection, fetched once per hook (None when it does not exist). On Airflow 3
+        each fetch is a round trip to the API server, which a 1,000-task fan-out feels."""
+        if not self._fetched:
+            try:
+                self._fetched.append(self.get_connection(self.llm_conn_id))
+            except AirflowNotFoundException:
+                self._fetched.append(None)
+        return self._fetched[0]
 
     def get_conn(self) -> Model:
         """Return the pydantic-ai ``Model`` (cached for this hook instance)."""
@@ -107,9 +119,8 @@ class LLMHook(BaseHook):
     def _resolve_model(self) -> tuple[Model, str]:
         if self.model_override == TEST_MODEL:
             return self._test_model(), TEST_MODEL
-        try:
-            self.get_connection(self.llm_conn_id)
-        except AirflowNotFoundException:
+        connection = self.connection()
+        if connection is None:
             if not conf.getboolean(CONFIG_SECTION, "test_model_fallback", fallback=True):
                 raise AirflowNotFoundException(
                     f"LLM connection {self.llm_conn_id!r} does not exist. Create it with type "
@@ -123,6 +134,8 @@ class LLMHook(BaseHook):
         from airflow.providers.common.ai.hooks.pydantic_ai import PydanticAIHook
 
         delegate = PydanticAIHook(llm_conn_id=self.llm_conn_id, model_id=self.model_override)
+        if hasattr(delegate, "_seed_connection"):  # reuse our fetch, not a second one
+            delegate._seed_connection(connection)
         model = delegate.get_conn()
         if getattr(model, "model_name", None) == TEST_MODEL or type(model).__name__ == "TestModel":
             self.synthetic = True
@@ -147,11 +160,8 @@ class LLMHook(BaseHook):
         models, as a :class:`~airflow_llm_provider.cascades.usage.ModelPrice`; None if absent."""
         from airflow_llm_provider.cascades.usage import ModelPrice
 
-        try:
-            extra = self.get_connection(self.llm_conn_id).extra_dejson
-        except AirflowNotFoundException:
-            return None
-        return ModelPrice.from_extra(extra)
+        connection = self.connection()
+        return None if connection is None else ModelPrice.from_extra(connection.extra_dejson)
 
     @staticmethod
     def _test_model() -> Model:
