@@ -240,7 +240,8 @@ def bench_executor(executor: str, args: argparse.Namespace, llm: ScriptedOpenAIS
 def main() -> None:
     args = arguments()
     facts = machine()  # the load average before the deployments start
-    if not bytecode_compiled():
+    compiled = bytecode_compiled()
+    if not compiled:
         print("warning: pydantic-ai has no .pyc files; `make install` compiles them", file=sys.stderr)
     executors = ("local", "celery") if args.executor == "both" else (args.executor,)
     results = []
@@ -262,7 +263,7 @@ def main() -> None:
             "latency_s": args.latency,
             "pool_slots": args.pool_slots,
             "preload": args.preload,
-            "bytecode_compiled": bytecode_compiled(),
+            "bytecode_compiled": compiled,
             "results": results,
             "goal": "requests/s >= 0.9 x pool bound; mean task duration <= 1.1 x raw pydantic-ai",
             "goal_met": met,

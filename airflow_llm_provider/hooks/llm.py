@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
 CONFIG_SECTION = "llm_provider"
+_NOT_FETCHED = object()
 TEST_MODEL = "test"
 
 NO_LLM_WARNING = (
@@ -85,18 +86,18 @@ class LLMHook(BaseHook):
         self.timeout = timeout
         self._model: Model | None = None
         self._model_name: str | None = None
-        self._fetched: list[Connection | None] = []  # [connection], [None] if it does not exist
+        self._connection: Any = _NOT_FETCHED  # a Connection, or None if it does not exist
         self.synthetic = False
 
     def connection(self) -> Connection | None:
         """The LLM connection, fetched once per hook (None when it does not exist). On Airflow 3
         each fetch is a round trip to the API server, which a 1,000-task fan-out feels."""
-        if not self._fetched:
+        if self._connection is _NOT_FETCHED:
             try:
-                self._fetched.append(self.get_connection(self.llm_conn_id))
+                self._connection = self.get_connection(self.llm_conn_id)
             except AirflowNotFoundException:
-                self._fetched.append(None)
-        return self._fetched[0]
+                self._connection = None
+        return self._connection
 
     def get_conn(self) -> Model:
         """Return the pydantic-ai ``Model`` (cached for this hook instance)."""
