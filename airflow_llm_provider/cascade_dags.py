@@ -142,8 +142,8 @@ def successors(cascade: Cascade, phase: Phase) -> list[str]:
             found = [phase.handoffs[0].target]
         else:
             found = [fallthrough]
-        if phase.on_error:
-            found.append(phase.on_error)
+        if phase.on_error_target:
+            found.append(phase.on_error_target)
     return list(dict.fromkeys(found))
 
 
@@ -606,8 +606,10 @@ def load_cascade_dags(
     ``file:line: field: message``, while the valid cascades are still registered.
     """
     from airflow_llm_provider.cascades.loader import CASCADE_SUFFIXES, check_cascade
+    from airflow_llm_provider.operators.cascade_tools import configured_tool_path
 
     config = config or CascadeDagConfig()
+    tool_path = configured_tool_path()
     base = Path(str(namespace.get("__file__") or "")).parent if namespace.get("__file__") else Path.cwd()
     directory = Path(folder)
     if not directory.is_absolute():
@@ -621,7 +623,7 @@ def load_cascade_dags(
         problems.append(f"{directory}: not a directory")
     for path in files:
         try:
-            result = check_cascade(path)
+            result = check_cascade(path, tool_path=tool_path)
         except Exception as err:  # a bug of ours must not hide the other cascades
             problems.append(f"{path}: <document>: internal error while validating: {err!r}")
             continue

@@ -45,25 +45,26 @@ def _collect_info(conn_id: str | None) -> tuple[dict, bool]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    """Check cascade files; problems go to stdout as ``file:line: field: message``, one per line."""
+    """Check cascade files; problems go to stdout as ``file:line: field: message``, one per line.
+
+    With ``--report``: a migration report over whole folders (recursively), per file and per
+    blocking feature, as text or ``--json``. Exit codes: 0 all valid, 2 any invalid or refused.
+    """
     from pathlib import Path
 
-    from airflow_llm_provider.cascades.loader import CASCADE_SUFFIXES, check_cascade
+    from airflow_llm_provider.cascades.loader import check_cascade
 
-    files: list[Path] = []
-    for given in args.paths:
-        path = Path(given)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in CASCADE_SUFFIXES))
-        else:
-            files.append(path)
+    files = _cascade_files(args.paths, recursive=args.report)
     if not files:
         print("error: no cascade files (*.yaml, *.yml, *.json) found", file=sys.stderr)
         return 2
+    tool_path = [Path(p) for p in args.tool_path]
+    if args.report:
+        return _report(files, tool_path, as_json=args.json)
     invalid = 0
     for path in files:
         try:
-            result = check_cascade(path)
+            result = check_cascade(path, tool_path=tool_path)
         except Exception as exc:  # a bug of ours must still not print a traceback for a user's file
             print(f"{path}: <document>: internal error while validating: {exc!r}")
             invalid += 1
@@ -78,6 +79,55 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 2
     print(f"ok: {len(files)} cascades")
     return 0
+
+
+def _cascade_files(paths: Sequence[str], *, recursive: bool) -> list:
+    from pathlib import Path
+
+    from airflow_llm_provider.cascades.loader import CASCADE_SUFFIXES
+
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            files.extend(sorted(p for p in found if p.is_file() and p.suffix.lower() in CASCADE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _report(files: list, tool_path: list, *, as_json: bool) -> int:
+    """The migration report; files that are not cascades at all (no ``cascade_id``/``phases``
+    mapping, e.g. tool definitions or data) are listed as skipped."""
+    from airflow_llm_provider.cascades.errors import ValidationIssue
+    from airflow_llm_provider.cascades.loader import check_cascade, read_document
+    from airflow_llm_provider.cascades.report import MigrationReport, file_report
+
+    reports, skipped = [], []
+    for path in files:
+        data = read_document(path)
+        if isinstance(data, dict) and not ({"cascade_id", "phases"} & set(data)):
+            skipped.append(str(path))
+            continue
+        try:
+            result = check_cascade(path, tool_path=tool_path)
+        except Exception as exc:  # a bug of ours: reported as such, never a traceback
+            issue = ValidationIssue(
+                str(path), None, "<document>", f"internal error while validating: {exc!r}"
+            )
+            reports.append(file_report(str(path), [issue], []))
+            continue
+        reports.append(file_report(str(path), result.issues, result.warnings))
+    report = MigrationReport(reports)
+    if as_json:
+        print(json.dumps({**report.to_dict(), "skipped": skipped}, indent=2))
+    else:
+        print(report.to_text())
+        if skipped:
+            print(f"\nskipped (not cascades): {len(skipped)}")
+    counts = report.counts()
+    return 2 if counts["refused"] or counts["invalid"] else 0
 
 
 def _parse_input(raw: str | None) -> dict:
@@ -180,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check cascade files (YAML/JSON) strictly")
     validate.add_argument("paths", nargs="+", metavar="PATH", help="cascade file or directory of them")
+    validate.add_argument(
+        "--report",
+        action="store_true",
+        help="migration report over whole folders (recursive): per file and per blocking feature",
+    )
+    validate.add_argument("--json", action="store_true", help="with --report: the report as JSON")
+    validate.add_argument(
+        "--tool-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more folders with tool/validator cascades (repeatable; also AIRFLOW_LLM_TOOL_PATH)",
+    )
     validate.set_defaults(handler=_cmd_validate)
 
     run = commands.add_parser("run", help="run a cascade in-process and print its result as JSON")

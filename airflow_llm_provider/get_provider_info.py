@@ -109,6 +109,29 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "False",
                         "default": "True",
                     },
+                    "model_map": {
+                        "description": (
+                            "Where cascade model ids go, as a JSON object of id -> pydantic-ai id. "
+                            "Unmapped Windlass ids (provider/model, e.g. anthropic/claude-sonnet-4) "
+                            "are sent as the model name on the cascade's connection, as Windlass "
+                            "sends them to OpenRouter. A key ending in * maps a prefix."
+                        ),
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": '{"anthropic/*": "openai-chat:gpt-4o-mini"}',
+                        "default": "",
+                    },
+                    "tool_path": {
+                        "description": (
+                            "More folders (separated by the OS path separator) searched for tool and "
+                            "validator cascades by cascade_id, after the cascade's own folder and its "
+                            "sibling tackle/ and cascades/ folders."
+                        ),
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "/opt/airflow/tackle",
+                        "default": "",
+                    },
                     "ledger_conn_id": {
                         "description": (
                             "A postgres connection whose database holds the cost ledger (table "

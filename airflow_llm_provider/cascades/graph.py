@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from airflow_llm_provider.cascades.spec import Cascade, Phase
+from airflow_llm_provider.cascades.spec import Cascade, ContextSource, Phase
 from airflow_llm_provider.cascades.templates import referenced_phases
 
 FieldPath = tuple[str | int, ...]
@@ -34,16 +34,37 @@ def templated_fields(phase: Phase, at: FieldPath = ()) -> list[tuple[FieldPath, 
     texts: list[tuple[FieldPath, str]] = []
     if phase.instructions is not None and not phase.instructions.startswith("@"):
         texts.append(((*at, "instructions"), phase.instructions))
-    if phase.rules is not None and phase.rules.retry_instructions is not None:
-        texts.append(((*at, "rules", "retry_instructions"), phase.rules.retry_instructions))
+    if phase.rules is not None:
+        for key in ("retry_instructions", "turn_prompt", "loop_until_prompt"):
+            if (value := getattr(phase.rules, key)) is not None:
+                texts.append(((*at, "rules", key), value))
     if phase.soundings is not None:
         for key in ("evaluator_instructions", "aggregator_instructions", "factor"):
             value = getattr(phase.soundings, key)
             if isinstance(value, str):
                 texts.append(((*at, "soundings", key), value))
+        if phase.soundings.reforge is not None:
+            texts.append(
+                ((*at, "soundings", "reforge", "honing_prompt"), phase.soundings.reforge.honing_prompt)
+            )
     if phase.inputs is not None:
         texts.extend(strings_in(phase.inputs, (*at, "inputs")))
+    if phase.context is not None:
+        for position, source in enumerate(phase.context.from_):
+            if not isinstance(source, str) and source.condition is not None:
+                texts.append(((*at, "context", "from", position, "condition"), source.condition))
+    for kind in ("sub_cascades", "async_cascades"):
+        for position, ref in enumerate(getattr(phase, kind)):
+            texts.extend(strings_in(ref.input_map, (*at, kind, position, "input_map")))
+    inline = phase.on_error_inline
+    if inline is not None and isinstance(inline.get("instructions"), str):
+        texts.append(((*at, "on_error", "instructions"), inline["instructions"]))
     return texts
+
+
+def source_name(source: str | ContextSource) -> str:
+    """The phase (or keyword) a ``context.from`` entry names."""
+    return source if isinstance(source, str) else source.phase
 
 
 def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
@@ -53,7 +74,8 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
     names = [p.name for p in cascade.phases]
     index = names.index(phase.name)
     sources: list[str] = []
-    for source in phase.context.from_:
+    for entry in phase.context.from_:
+        source = source_name(entry)
         keyword = source.lower()
         if keyword == "all":
             sources.extend(names[:index])
@@ -63,7 +85,8 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
             sources.extend(names[index - 1 : index] if index > 0 else [])
         else:
             sources.append(source)
-    return list(dict.fromkeys(sources))
+    excluded = set(phase.context.exclude)
+    return [name for name in dict.fromkeys(sources) if name not in excluded]
 
 
 def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
@@ -82,7 +105,7 @@ def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
 
 def is_state_machine(cascade: Cascade) -> bool:
     """Whether control flows along handoffs/routing (sequential) rather than data dependencies."""
-    return any(p.handoffs or p.routing or p.on_error for p in cascade.phases)
+    return any(p.handoffs or p.routing or p.on_error_target for p in cascade.phases)
 
 
 def next_in_list(cascade: Cascade, phase: Phase) -> str | None:

@@ -7,6 +7,7 @@ paths to lines -> refuse unsupported Windlass keys and unknown keys (with a sugg
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -16,7 +17,7 @@ import logging
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from airflow_llm_provider.cascades.errors import CascadeValidationError, ValidationIssue
-from airflow_llm_provider.cascades.refused import REFUSED, WARNED
+from airflow_llm_provider.cascades.refused import REFUSED, WARNED, WINDLASS_MODELS
 from airflow_llm_provider.cascades.spec import Cascade, Phase
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,20 @@ class _Collector:
         self.warnings.append(ValidationIssue(self.file, self.line(path), format_path(path), message))
 
 
-def load_cascade(source: str | Path | Mapping[str, Any]) -> Cascade:
+def load_cascade(
+    source: str | Path | Mapping[str, Any],
+    *,
+    tools: Collection[str] | None = None,
+    tool_path: Sequence[str | Path] = (),
+) -> Cascade:
     """
     Parse and strictly validate a cascade from a file path or an in-memory mapping.
 
+    :param tools: names of the tools the run will register (default: the standard ones)
+    :param tool_path: more folders to find tool and validator cascades in (see ``references.py``)
     :raises CascadeValidationError: listing every problem found, each with file, line and field
     """
-    return _checked(check_cascade(source))
+    return _checked(check_cascade(source, tools=tools, tool_path=tool_path))
 
 
 def _checked(result: CheckResult) -> Cascade:
@@ -104,20 +112,54 @@ def _validator_fingerprint() -> bytes:
     package = Path(__file__).parent
     digest = hashlib.sha256()
     for name in ("loader.py", "validate.py", "spec.py", "refused.py", "templates.py", "graph.py"):
+        # references.py is not here: its checks read other files and run on every load
         digest.update((package / name).read_bytes())
     return digest.digest()
 
 
-def check_cascade(source: str | Path | Mapping[str, Any]) -> CheckResult:
+def check_cascade(
+    source: str | Path | Mapping[str, Any],
+    *,
+    tools: Collection[str] | None = None,
+    tool_path: Sequence[str | Path] = (),
+) -> CheckResult:
     """Like ``load_cascade`` but returns issues and warnings instead of raising.
 
     A file that validated before, unchanged, under the same validator code, is not validated again:
     DAG folders are parsed every few seconds, like Python modules, whose compiled form Python caches
     the same way. Only valid files are cached (with their warnings), so errors are always fresh.
+    What the file refers to (tools, validators, child cascades, files) is checked every time.
     """
     if isinstance(source, Mapping):
         return _check_data(dict(source), _Collector("<dict>", {}))
     path = Path(source)
+    result = _check_file_cached(path)
+    if result.cascade is None:
+        return result
+    from airflow_llm_provider.cascades.references import reference_issues
+    from airflow_llm_provider.cascades.tools import STANDARD_TOOLS
+
+    found = reference_issues(result.cascade, path, STANDARD_TOOLS if tools is None else tools, tool_path)
+    if not found:
+        return result
+    collector = _Collector(str(path), {})
+    with contextlib.suppress(Exception):  # only for line numbers: the file parsed a moment ago
+        _parse(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
+    for field_path, message in found:
+        collector.issue(field_path, message)
+    return CheckResult(str(path), None, collector.issues, result.warnings)
+
+
+def read_document(path: Path) -> Any:
+    """The data in a YAML/JSON file, or None when it cannot be read or parsed (no line numbers)."""
+    collector = _Collector(str(path), {})
+    try:
+        return _parse(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
+    except (OSError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _check_file_cached(path: Path) -> CheckResult:
     entry = _cache_entry(path)
     if entry is not None:
         try:
@@ -273,7 +315,7 @@ def _record_lines(loader: Any, node: Any, path: FieldPath, collector: _Collector
 def _check_data(data: Any, collector: _Collector) -> CheckResult:
     from pydantic import ValidationError
 
-    from airflow_llm_provider.cascades.validate import semantic_issues
+    from airflow_llm_provider.cascades.validate import semantic_issues, semantic_warnings
 
     if not isinstance(data, dict):
         kind = "an empty document" if data is None else f"a {type(data).__name__}"
@@ -290,7 +332,11 @@ def _check_data(data: Any, collector: _Collector) -> CheckResult:
         return _result(collector, None)
     for path, message in semantic_issues(cascade):
         collector.issue(path, message)
-    return _result(collector, None if collector.issues else cascade)
+    if collector.issues:
+        return _result(collector, None)
+    for path, message in semantic_warnings(cascade):
+        collector.warn(path, message)
+    return _result(collector, cascade)
 
 
 def _allowed_keys(model: type[BaseModel]) -> dict[str, str]:
@@ -298,21 +344,70 @@ def _allowed_keys(model: type[BaseModel]) -> dict[str, str]:
     return {(info.alias or name): name for name, info in model.model_fields.items()}
 
 
-def _nested_model(annotation: Any) -> tuple[str, type[BaseModel]] | None:
-    """How a field nests a model: ``("one"|"list"|"dict", Model)``, or None."""
+def _nested_model(annotation: Any, value: Any = None) -> tuple[str, type[BaseModel]] | None:
+    """How a field nests a model: ``("one"|"list"|"dict", Model)``, or None. In a union, the
+    member that fits the value's shape (a list, a mapping) wins."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "one", annotation
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            if (found := _nested_model(arg)) is not None:
-                return found
-    elif origin is list and args and (found := _nested_model(args[0])) and found[0] == "one":
+        members = [found for arg in args if (found := _nested_model(arg)) is not None]
+        shapes = ("list",) if isinstance(value, list) else ("one", "dict")
+        fitting = [found for found in members if found[0] in shapes]
+        return next(iter(fitting or members), None)
+    if origin is list and args and (found := _nested_model(args[0])) and found[0] == "one":
         return "list", found[1]
-    elif origin is dict and len(args) == 2 and (found := _nested_model(args[1])) and found[0] == "one":
+    if origin is dict and len(args) == 2 and (found := _nested_model(args[1])) and found[0] == "one":
         return "dict", found[1]
     return None
+
+
+def _item_model(model: type[BaseModel], attribute: str, item: dict[Any, Any]) -> type[BaseModel] | None:
+    """For a list of a union of models told apart by ``type`` (Windlass triggers): the member the
+    item's ``type`` names."""
+    annotation = model.model_fields[attribute].annotation
+    if typing.get_origin(annotation) is not list:
+        return None
+    members = typing.get_args(typing.get_args(annotation)[0])
+    for member in members:
+        if not (isinstance(member, type) and issubclass(member, BaseModel)):
+            continue
+        field = member.model_fields.get("type")
+        if field is not None and item.get("type", field.default) in typing.get_args(field.annotation):
+            return member
+    return None
+
+
+def _typo_of(key: str, allowed: Mapping[str, str]) -> str | None:
+    """The allowed key ``key`` is most likely a misspelling of: same letters up to case and
+    ``-``/``_``, or one edit away (two for keys of 9+ letters)."""
+    normal = key.lower().replace("-", "_")
+    best: tuple[int, str] | None = None
+    for candidate in allowed:
+        if candidate.lower() == normal:
+            return candidate
+        distance = _edit_distance(normal, candidate.lower())
+        if distance <= (1 if len(candidate) < 9 else 2) and (best is None or distance < best[0]):
+            best = (distance, candidate)
+    return best[1] if best else None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): a swap of neighbours is one edit."""
+    if abs(len(a) - len(b)) > 2:
+        return 3
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, char_b in enumerate(b, 1):
+            cost = char_a != char_b
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, collector: _Collector) -> dict:
@@ -341,11 +436,15 @@ def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, coll
             collector.warn(key_path, warned[key])
             continue
         if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(allowed)}"
+            typo = _typo_of(key, allowed)
+            if typo is None and model.__name__ in WINDLASS_MODELS:
+                collector.warn(key_path, f"unknown key '{key}' is ignored (Windlass ignores it too)")
+                continue
+            close = typo or next(iter(difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)), None)
+            hint = f" (did you mean '{close}'?)" if close else f"; known keys: {', '.join(allowed)}"
             collector.issue(key_path, f"unknown key '{key}'{hint}")
             continue
-        nested = _nested_model(model.model_fields[allowed[key]].annotation)
+        nested = _nested_model(model.model_fields[allowed[key]].annotation, value)
         key_path = (*path, key)
         if nested is not None:
             how, child = nested
@@ -353,7 +452,11 @@ def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, coll
                 value = _prepass(value, child, key_path, collector)
             elif how == "list" and isinstance(value, list):
                 value = [
-                    _prepass(item, child, (*key_path, index), collector) if isinstance(item, dict) else item
+                    _prepass(
+                        item, _item_model(model, allowed[key], item) or child, (*key_path, index), collector
+                    )
+                    if isinstance(item, dict)
+                    else item
                     for index, item in enumerate(value)
                 ]
             elif how == "dict" and isinstance(value, dict):

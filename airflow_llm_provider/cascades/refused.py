@@ -1,47 +1,60 @@
-"""Windlass keys we refuse by name, and cosmetic keys we accept with a warning.
+"""Windlass keys we refuse by name, keys we accept with a warning, and which models are Windlass's.
 
-A refused key is an error, never silently ignored: a cascade that relies on RAG or human input
-must not run without it.
+A refused key is an error, never silently ignored: a cascade that relies on a feature we do not
+run must not run without it. Two kinds:
+
+- ``CANNOT``: the feature cannot work on Airflow (voice, a live browser, image models); the
+  message says why.
+- ``NOT_YET``: planned; the message names the feature so the migration report can count it.
+
+Keys Windlass's own models do not know (it drops them silently) are accepted with a warning,
+unless they look like a typo of a real key: then the did-you-mean error stays.
 """
 
 from __future__ import annotations
 
 _NOT_YET = "is not supported by airflow-llm-provider yet"
+_CANNOT = "cannot run on Airflow"
 
-REFUSED: dict[str, dict[str, str]] = {
+CANNOT: dict[str, dict[str, str]] = {
     "Cascade": {
-        "soundings": f"cascade-level `soundings` (whole-cascade runs) {_NOT_YET}; set soundings on a phase",
-        "triggers": f"`triggers` (Windlass triggers) {_NOT_YET}; use `airflow.schedule`",
-        "memory": f"`memory` (Windlass memory) {_NOT_YET}",
-        "token_budget": f"`token_budget` (Windlass context budget) {_NOT_YET}; `budget` caps a run",
-        "tool_caching": f"`tool_caching` (Windlass tool cache) {_NOT_YET}",
-        "research_db": f"`research_db` (Windlass research DB) {_NOT_YET}",
-        "narrator": f"`narrator` (Windlass narrator) {_NOT_YET}",
-        "auto_context": f"`auto_context` (Windlass auto context) {_NOT_YET}",
+        "narrator": f"`narrator` (Windlass voice commentary) {_CANNOT}: it speaks through Windlass's "
+        "audio player; remove it (the cascade's result does not depend on it)",
         "cells": "`cells` (later Windlass/LARS name) is not accepted; use `phases`",
     },
     "Phase": {
-        "for_each_row": f"`for_each_row` (Windlass SQL row fan-out) {_NOT_YET}; use `map_over`",
-        "rag": f"`rag` (Windlass RAG) {_NOT_YET}",
-        "image_config": f"`image_config` (Windlass image models) {_NOT_YET}",
-        "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
-        "async_cascades": f"`async_cascades` (Windlass fire-and-forget cascades) {_NOT_YET}",
-        "sub_cascades": "`sub_cascades` (Windlass) is not supported; run the child as a phase with "
-        "`tool: cascade:child.yaml`, or offer it to the model with `tackle: [cascade:child.yaml]`",
-        "output_extraction": f"`output_extraction` (Windlass regex extraction) {_NOT_YET}",
-        "memory": f"`memory` (Windlass memory) {_NOT_YET}",
-        "token_budget": f"`token_budget` (Windlass context budget) {_NOT_YET}",
-        "narrator": f"`narrator` (Windlass narrator) {_NOT_YET}",
-        "audibles": f"`audibles` (Windlass UI feature) {_NOT_YET}",
-        "decision_points": f"`decision_points` (Windlass UI decisions) {_NOT_YET}",
-        "browser": f"`browser` (Windlass browser automation) {_NOT_YET}",
-        "intra_context": f"`intra_context` (Windlass per-turn context) {_NOT_YET}",
-        "manifest_context": f"`manifest_context` (Windlass manifest tackle) {_NOT_YET}",
-        "manifest_limit": f"`manifest_limit` (Windlass manifest tackle) {_NOT_YET}",
+        "narrator": f"`narrator` (Windlass voice commentary) {_CANNOT}: it speaks through Windlass's "
+        "audio player",
+        "browser": f"`browser` (Windlass browser automation) {_CANNOT}: it drives a live browser "
+        "session of Windlass's UI server",
+        "image_config": f"`image_config` (image generation models) {_CANNOT}: pydantic-ai and the "
+        "`pydanticai` connection serve text models only",
         "traits": "`traits` (later Windlass name) is not accepted; use `tackle`",
         "skills": "`skills` (later Windlass/LARS name) is not accepted; use `tackle`",
         "candidates": "`candidates` (later Windlass name) is not accepted; use `soundings`",
         "takes": "`takes` (later Windlass/LARS name) is not accepted; use `soundings`",
+    },
+}
+"""Model name -> key -> why it can never run here."""
+
+NOT_YET: dict[str, dict[str, str]] = {
+    "Cascade": {
+        "soundings": f"cascade-level `soundings` (whole-cascade runs) {_NOT_YET}; set soundings on a phase",
+        "memory": f"`memory` (Windlass memory) {_NOT_YET}",
+        "token_budget": f"`token_budget` (Windlass context budget) {_NOT_YET}; `budget` caps a run",
+        "tool_caching": f"`tool_caching` (Windlass tool cache) {_NOT_YET}",
+        "research_db": f"`research_db` (Windlass research sessions) {_NOT_YET}",
+        "auto_context": f"`auto_context` (Windlass auto context) {_NOT_YET}",
+    },
+    "Phase": {
+        "for_each_row": f"`for_each_row` (Windlass SQL row fan-out) {_NOT_YET}; use `map_over`",
+        "rag": f"`rag` (Windlass RAG) {_NOT_YET}",
+        "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
+        "decision_points": f"`decision_points` (Windlass human decisions) {_NOT_YET}",
+        "async_cascades": f"`async_cascades` (Windlass background cascades) {_NOT_YET}",
+        "sub_cascades": f"`sub_cascades` (Windlass child cascades) {_NOT_YET}",
+        "output_extraction": f"`output_extraction` (Windlass regex extraction) {_NOT_YET}",
+        "intra_context": f"`intra_context` (Windlass per-turn context) {_NOT_YET}",
     },
     "Rules": {
         "loop_until_prompt": f"`loop_until_prompt` (Windlass) {_NOT_YET}",
@@ -58,22 +71,69 @@ REFUSED: dict[str, dict[str, str]] = {
         "validator": f"`validator` (Windlass sounding pre-filter) {_NOT_YET}",
         "model_strategy": f"`model_strategy` (Windlass) {_NOT_YET}; models are used round-robin",
     },
-    "Wards": {"turn": f"`turn` wards (never run by Windlass either) {_NOT_YET}"},
     "ContextSpec": {
         "mode": f"context `mode` (Windlass auto context) {_NOT_YET}",
-        "exclude": f"context `exclude` (Windlass) {_NOT_YET}",
     },
     "ValidatorSpec": {
-        language: f"polyglot inline validators (`{language}`) {_NOT_YET}; use `python:module.func`"
+        language: f"polyglot validators (`{language}`) belong in `wards` or `rules.loop_until`, not in "
+        "`validators:` (Windlass's `validators:` entries are LLM instructions)"
         for language in ("python", "javascript", "sql", "clojure", "bash", "tool")
     },
 }
-"""Model name -> refused key -> message."""
+"""Model name -> key -> what is not implemented yet."""
+
+REFUSED: dict[str, dict[str, str]] = {
+    model: {**CANNOT.get(model, {}), **NOT_YET.get(model, {})} for model in {*CANNOT, *NOT_YET}
+}
+"""Model name -> refused key -> message (both kinds)."""
 
 WARNED: dict[str, dict[str, str]] = {
     "Phase": {
-        "callouts": "`callouts` (Windlass UI annotation) is ignored",
+        "callouts": "`callouts` (Windlass UI annotation) is ignored: it labels messages in Windlass's UI",
         "ui_mode": "`ui_mode` (Windlass UI hint) is ignored",
+        "audibles": "`audibles` (live steering from Windlass's UI) is ignored: nobody can inject "
+        "feedback mid-phase on Airflow, which is how the phase runs in Windlass when nobody does",
     },
+    "Wards": {"turn": "`turn` wards are ignored, as in Windlass, which never runs them"},
 }
-"""Model name -> cosmetic key accepted with a warning -> message."""
+"""Model name -> key accepted with a warning -> message."""
+
+WINDLASS_MODELS = frozenset(
+    {
+        "Cascade",
+        "Phase",
+        "Rules",
+        "Soundings",
+        "ModelConfig",
+        "CostAwareEvaluation",
+        "ParetoFrontier",
+        "Reforge",
+        "Ward",
+        "Wards",
+        "Handoff",
+        "ContextSpec",
+        "ContextSource",
+        "Anchors",
+        "Selection",
+        "RetrySpec",
+        "SubCascade",
+        "AsyncCascade",
+        "OutputExtraction",
+        "IntraContext",
+        "RowMapping",
+        "TokenBudget",
+        "ToolCachePolicy",
+        "ToolCaching",
+        "InterPhaseContext",
+        "AutoContext",
+        "CronTrigger",
+        "SensorTrigger",
+        "WebhookTrigger",
+        "ManualTrigger",
+        "ValidatorSpec",
+        "PolyglotValidator",
+    }
+)
+"""Models that mirror Windlass's. An unknown key in them is dropped by Windlass, so we accept it
+with a warning (unless it looks like a typo); our own extensions (budgets, airflow, defaults) stay
+strict, because a misspelt limit must never be ignored."""

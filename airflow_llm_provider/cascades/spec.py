@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PHASE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 END = "end"
 """Handoff/routing target that ends the cascade (Windlass convention)."""
+DEFAULT_MAX_PHASE_VISITS = 10
+"""Loop guard when a cascade sets no `max_phase_visits` (Windlass has none; a runaway loop must end)."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
@@ -47,13 +49,120 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PolyglotValidator(_Model):
+    """An inline validator written as code (Windlass ``PolyglotValidatorConfig``): exactly one of the
+    languages, or an explicit ``tool`` with ``inputs``. The code sees ``content`` and
+    ``original_input`` and sets ``result = {"valid": bool, "reason": str}``."""
+
+    python: str | None = None
+    javascript: str | None = None
+    sql: str | None = None
+    clojure: str | None = None
+    bash: str | None = None
+    tool: str | None = None
+    inputs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PolyglotValidator:
+        given = [key for key in POLYGLOT_LANGUAGES if getattr(self, key) is not None]
+        if self.tool is not None:
+            given.append("tool")
+        if len(given) != 1:
+            raise ValueError(
+                "an inline validator sets exactly one of python, javascript, sql, clojure, bash or tool"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.inputs is not None and self.tool is None:
+            raise ValueError("`inputs` goes with `tool`")
+        return self
+
+    @property
+    def language(self) -> str:
+        """The language (or ``tool``) this validator is written in."""
+        for key in (*POLYGLOT_LANGUAGES, "tool"):
+            if getattr(self, key) is not None:
+                return key
+        raise AssertionError("validated to have exactly one")
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name an inline validator."""
+        return f"inline {self.language} validator" if self.tool is None else f"tool {self.tool}"
+
+
+POLYGLOT_LANGUAGES = ("python", "javascript", "sql", "clojure", "bash")
+
+ValidatorRef = str | PolyglotValidator
+"""A validator by name (``validators:``, a registered function, a validator cascade on the tool
+path, ``python:mod.func``) or inline code."""
+
+
+def validator_label(validator: ValidatorRef) -> str:
+    return validator if isinstance(validator, str) else validator.label
+
+
 class Rules(_Model):
     """The attempt/turn loop of an LLM phase."""
 
-    max_turns: int = Field(1, ge=1, description="LLM turns (with tool calls) per attempt")
+    max_turns: int = Field(1, ge=1, description="LLM turns per attempt (turn 2+ gets `turn_prompt`)")
     max_attempts: int = Field(1, ge=1, description="Attempts before the phase fails")
-    loop_until: str | None = Field(None, description="Validator that must pass to stop looping")
+    loop_until: ValidatorRef | None = Field(None, description="Validator that must pass to stop looping")
+    loop_until_prompt: str | None = Field(None, description="Replaces the auto-added validation goal")
+    loop_until_silent: bool = Field(False, description="Do not tell the model about `loop_until`")
     retry_instructions: str | None = Field(None, description="Jinja text sent when retrying")
+    turn_prompt: str | None = Field(None, description="Jinja text of turns 2+ (default: continue/refine)")
+
+    _none_is_default = field_validator("max_turns", "max_attempts", mode="before")(
+        lambda value: 1 if value is None else value
+    )
+
+
+class ModelConfig(_Model):
+    """One model of multi-model soundings (``soundings.models`` as a map)."""
+
+    factor: int = Field(1, ge=1, description="Soundings for this model")
+    temperature: float | None = None
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class CostAwareEvaluation(_Model):
+    """Let the judge weigh cost against quality when soundings used different models."""
+
+    enabled: bool = True
+    quality_weight: float = Field(0.7, ge=0, le=1)
+    cost_weight: float = Field(0.3, ge=0, le=1)
+    show_costs_to_evaluator: bool = True
+    cost_normalization: Literal["min_max", "z_score", "log_scale"] = "min_max"
+
+
+class ParetoFrontier(_Model):
+    """Pick the winner from the cost/quality Pareto frontier of the soundings."""
+
+    enabled: bool = False
+    policy: Literal["prefer_cheap", "prefer_quality", "balanced", "interactive"] = "balanced"
+    show_frontier: bool = True
+    quality_metric: str = "evaluator_score"
+    include_dominated: bool = True
+
+
+class Ward(_Model):
+    """A validator run before (pre) or after (post) an LLM phase."""
+
+    validator: ValidatorRef = Field(description="Validator name, python:module.func or inline code")
+    mode: Literal["blocking", "retry", "advisory"] = "blocking"
+    max_attempts: int = Field(1, ge=1, description="Accepted as in Windlass, where no code reads it")
+
+
+class Reforge(_Model):
+    """Refinement rounds after the soundings: the winner is honed by ``factor_per_step`` new
+    soundings per step, each judged again."""
+
+    steps: int = Field(1, ge=1)
+    honing_prompt: str = Field(description="What to improve in each round")
+    factor_per_step: int = Field(2, ge=1)
+    mutate: bool = False
+    evaluator_override: str | None = Field(None, description="Judge instructions for the rounds")
+    threshold: Ward | None = Field(None, description="Stop early once this validator passes")
 
 
 class Soundings(_Model):
@@ -63,11 +172,24 @@ class Soundings(_Model):
     max_parallel: int = Field(3, ge=1)
     evaluator_instructions: str | None = Field(None, description="Jinja prompt of the judge")
     evaluator_model: str | None = Field(None, description="Judge model; default: the phase model")
+    reforge: Reforge | None = None
+    mutate: bool = Field(True, description="Vary the prompt of soundings 2+ (Windlass default: on)")
+    mutation_mode: Literal["rewrite", "augment", "approach"] = "rewrite"
+    mutations: list[str] | None = Field(None, description="Own mutation texts instead of the built-in")
     mode: Literal["evaluate", "aggregate"] = "evaluate"
     aggregator_instructions: str | None = None
     aggregator_model: str | None = None
-    models: list[str] | None = Field(None, description="Models used round-robin over the attempts")
-    mutate: bool = Field(False, description="Prompt mutations; off unless asked (Windlass: on)")
+    validator: ValidatorRef | None = Field(None, description="Pre-filter: only passing soundings are judged")
+    models: list[str] | dict[str, ModelConfig] | None = Field(
+        None, description="Models of the soundings: a list, or model -> {factor, temperature, max_tokens}"
+    )
+    model_strategy: str = Field("round_robin", description="round_robin, random or weighted")
+    cost_aware_evaluation: CostAwareEvaluation | None = None
+    pareto_frontier: ParetoFrontier | None = None
+    evaluator: Literal["human", "hybrid"] | None = None
+    human_eval: dict[str, Any] | None = None
+    llm_prefilter: int | None = Field(None, ge=1)
+    llm_prefilter_instructions: str | None = None
 
     @field_validator("factor", mode="before")
     @classmethod
@@ -77,22 +199,23 @@ class Soundings(_Model):
         if isinstance(value, int) and value < 1:
             raise ValueError(f"must be >= 1, got {value}")
         if isinstance(value, str) and "{{" not in value:
+            if value.strip().isdigit() and int(value) >= 1:
+                return int(value)
             raise ValueError(f"{value!r} is neither an integer nor a Jinja template")
         return value
 
-
-class Ward(_Model):
-    """A validator run before (pre) or after (post) an LLM phase."""
-
-    validator: str = Field(description="Name in `validators:` or `python:module.func`")
-    mode: Literal["blocking", "retry", "advisory"] = "blocking"
+    @property
+    def model_names(self) -> list[str]:
+        """The models named in ``models`` (list or map), in file order."""
+        return list(self.models or [])
 
 
 class Wards(_Model):
-    """Pre- and post-validators of an LLM phase."""
+    """Pre- and post-validators of an LLM phase (``turn`` wards are accepted; Windlass never runs them)."""
 
     pre: list[Ward] = Field(default_factory=list)
     post: list[Ward] = Field(default_factory=list)
+    turn: list[Ward] = Field(default_factory=list)
 
 
 class Handoff(_Model):
@@ -102,20 +225,62 @@ class Handoff(_Model):
     description: str | None = None
 
 
+ContextPart = Literal["images", "output", "messages", "state"]
+AnchorPart = Literal["output", "callouts", "input", "errors"]
+
+
+class ContextSource(_Model):
+    """One phase's contribution to a phase's context, picked in detail."""
+
+    phase: str
+    include: list[ContextPart] = Field(default_factory=lambda: list[ContextPart](["images", "output"]))
+    images_filter: Literal["all", "last", "last_n"] = "all"
+    images_count: int = Field(1, ge=1)
+    messages_filter: Literal["all", "assistant_only", "last_turn"] = "all"
+    as_role: Literal["user", "system"] = "user"
+    condition: str | None = Field(None, description="Jinja condition: include only when true")
+
+
+class Anchors(_Model):
+    """Context that auto mode always includes."""
+
+    window: int = Field(3, ge=0)
+    from_phases: list[str] = Field(default_factory=lambda: ["previous"])
+    include: list[AnchorPart] = Field(
+        default_factory=lambda: list[AnchorPart](["output", "callouts", "input"])
+    )
+
+
+class Selection(_Model):
+    """How auto mode scores and picks earlier context."""
+
+    strategy: Literal["heuristic", "semantic", "llm", "hybrid"] = "hybrid"
+    max_tokens: int = Field(30000, gt=0)
+    max_messages: int = Field(50, gt=0)
+    recency_weight: float = 0.3
+    keyword_weight: float = 0.4
+    callout_weight: float = 0.3
+    similarity_threshold: float = 0.5
+
+
 class ContextSpec(_Model):
     """What earlier phases' outputs an LLM phase sees besides its templated instructions."""
 
-    from_: list[str] = Field(
+    mode: Literal["explicit", "auto"] = "explicit"
+    from_: list[str | ContextSource] = Field(
         default_factory=list,
         alias="from",
-        description="Phase names or all/first/previous/prev",
+        description="Phase names, all/first/previous/prev, or {phase, include, ...}",
     )
+    exclude: list[str] = Field(default_factory=list, description="Phases left out (useful with `all`)")
     include_input: bool = True
+    anchors: Anchors | None = None
+    selection: Selection | None = None
 
     @field_validator("from_", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+        return [value] if isinstance(value, str | dict) else value
 
 
 class RetrySpec(_Model):
@@ -126,29 +291,100 @@ class RetrySpec(_Model):
     backoff_base_seconds: float = Field(1.0, ge=0)
 
 
+class CascadeRef(_Model):
+    """A child cascade run by a phase: before its LLM turns (``sub_cascades``) or in the background
+    (``async_cascades``). ``ref`` is relative to the parent file."""
+
+    ref: str = Field(min_length=1)
+    input_map: dict[str, str] = Field(default_factory=dict, description="Child input -> parent value")
+    context_in: bool = Field(True, description="The child gets the parent's state and input")
+
+
+class SubCascade(CascadeRef):
+    context_out: bool = Field(True, description="The child's result is merged into the parent's state")
+
+
+class AsyncCascade(CascadeRef):
+    trigger: Literal["on_start", "on_end"] = "on_start"
+
+
+class OutputExtraction(_Model):
+    """Pull a part of an LLM phase's output into ``state[store_as]`` with a regular expression."""
+
+    pattern: str
+    store_as: str = Field(min_length=1)
+    required: bool = False
+    format: Literal["text", "json", "code"] = "text"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from err
+        return value
+
+
+class IntraContext(_Model):
+    """Per-turn context trimming inside a long LLM phase."""
+
+    enabled: bool = True
+    window: int = Field(5, ge=1)
+    mask_observations_after: int = Field(3, ge=0)
+    compress_loops: bool = True
+    loop_history_limit: int = Field(3, ge=0)
+    preserve_reasoning: bool = True
+    preserve_errors: bool = True
+    min_masked_size: int = Field(200, ge=0)
+
+
+class RowMapping(_Model):
+    """``for_each_row``: one child run per row of a session table."""
+
+    table: str
+    cascade: str | None = None
+    instructions: str | None = None
+    inputs: dict[str, Any] | None = None
+    max_parallel: int = Field(5, ge=1)
+    result_table: str | None = None
+    on_error: Literal["continue", "fail_fast", "collect_errors"] = "continue"
+
+
 class Phase(_Model):
-    """One step: an LLM phase (``instructions``) or a deterministic phase (``tool``)."""
+    """One step: an LLM phase (``instructions``), a deterministic phase (``tool``) or a row fan-out
+    (``for_each_row``)."""
 
     name: str = Field(pattern=PHASE_NAME_PATTERN)
     description: str | None = None
     handoffs: list[Handoff] = Field(default_factory=list)
     context: ContextSpec | None = None
+    sub_cascades: list[SubCascade] = Field(default_factory=list)
+    async_cascades: list[AsyncCascade] = Field(default_factory=list)
     # LLM phase
-    instructions: str | None = Field(None, description="Jinja template: the system prompt")
+    instructions: str | None = Field(None, description="Jinja template: the system prompt; @file loads one")
     model: str | None = None
     tackle: list[str] = Field(default_factory=list, description="Tool names offered to the model")
+    manifest_context: Literal["current", "full"] = "current"
+    manifest_limit: int = Field(30, ge=1)
     use_native_tools: bool = False
     output_schema: dict[str, Any] | None = Field(None, description="JSON Schema of the output")
     rules: Rules | None = None
     soundings: Soundings | None = None
     wards: Wards | None = None
+    output_extraction: OutputExtraction | None = None
+    intra_context: IntraContext | None = None
     # deterministic phase
     tool: str | None = Field(None, description="Registered tool, python:mod.func, sql:file.sql")
     inputs: dict[str, Any] | None = Field(None, description="Jinja values (alias: tool_inputs)")
     routing: dict[str, str] | None = Field(None, description="Result route -> phase name")
-    on_error: str | None = Field(None, description="Phase run when the tool fails")
+    on_error: str | dict[str, Any] | None = Field(
+        None, description="Phase run when the tool fails, or an inline LLM fallback {instructions, ...}"
+    )
     retry: RetrySpec | None = None
     timeout: str | float | None = Field(None, description="'30s', '5m', '1h' or seconds")
+    # row fan-out
+    for_each_row: RowMapping | None = None
     # Airflow extensions
     map_over: str | None = Field(None, description="'phase' or 'phase.key': one task per item")
     pool: str | None = None
@@ -162,16 +398,40 @@ class Phase(_Model):
             else value
         )
     )
+    # Windlass spells the tool selector `tackle: manifest`; the list form means the same.
+    _normalize_tackle = field_validator("tackle", mode="before")(
+        lambda value: [MANIFEST] if value == MANIFEST else value
+    )
     _check_durations = field_validator("timeout", "execution_timeout", mode="before")(_duration_or_none)
 
     @property
-    def kind(self) -> Literal["llm", "tool"]:
-        """``tool`` for deterministic phases, ``llm`` otherwise."""
-        return "tool" if self.tool is not None else "llm"
+    def kind(self) -> Literal["llm", "tool", "rows"]:
+        """``tool`` for deterministic phases, ``rows`` for ``for_each_row``, ``llm`` otherwise."""
+        if self.tool is not None:
+            return "tool"
+        return "rows" if self.for_each_row is not None else "llm"
 
     @property
     def handoff_targets(self) -> list[str]:
         return [handoff.target for handoff in self.handoffs]
+
+    @property
+    def on_error_target(self) -> str | None:
+        """The phase ``on_error`` names (not ``auto_fix``, not an inline fallback)."""
+        if isinstance(self.on_error, str) and self.on_error != AUTO_FIX:
+            return self.on_error
+        return None
+
+    @property
+    def on_error_inline(self) -> dict[str, Any] | None:
+        """The inline LLM fallback phase body of ``on_error: {instructions: ...}``."""
+        if isinstance(self.on_error, dict) and AUTO_FIX not in self.on_error:
+            return self.on_error
+        return None
+
+
+MANIFEST = "manifest"
+AUTO_FIX = "auto_fix"
 
 
 class ValidatorSpec(_Model):
@@ -228,6 +488,93 @@ class AirflowSettings(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TokenBudget(_Model):
+    """Keep a phase's context within a token budget (Windlass ``token_budget``)."""
+
+    max_total: int = Field(100000, gt=0)
+    reserve_for_output: int = Field(4000, ge=0)
+    strategy: Literal["sliding_window", "prune_oldest", "summarize", "fail"] = "sliding_window"
+    warning_threshold: float = Field(0.8, gt=0, le=1)
+    phase_overrides: dict[str, int] | None = None
+    summarizer: dict[str, Any] | None = None
+
+
+class ToolCachePolicy(_Model):
+    """Caching of one tool's results."""
+
+    enabled: bool = True
+    ttl: int = Field(3600, gt=0, description="Seconds")
+    key: Literal["args_hash", "query", "sql_hash", "custom"] = "args_hash"
+    custom_key_fn: str | None = None
+    hit_message: str | None = None
+    invalidate_on: list[str] = Field(default_factory=list)
+
+
+class ToolCaching(_Model):
+    """Reuse deterministic tools' results for the same arguments (Windlass ``tool_caching``)."""
+
+    enabled: bool = False
+    storage: Literal["memory", "redis", "sqlite"] = "memory"
+    global_ttl: int = Field(3600, gt=0)
+    max_cache_size: int = Field(1000, gt=0)
+    tools: dict[str, ToolCachePolicy] = Field(default_factory=dict)
+
+
+class InterPhaseContext(_Model):
+    """Auto-selected context between phases."""
+
+    enabled: bool = True
+    anchors: Anchors = Field(default_factory=lambda: Anchors.model_validate({}))
+    selection: Selection = Field(default_factory=lambda: Selection.model_validate({}))
+
+
+class AutoContext(_Model):
+    """Cascade-wide defaults of automatic context management."""
+
+    intra_phase: IntraContext | None = None
+    inter_phase: InterPhaseContext | None = None
+
+
+class _Trigger(_Model):
+    name: str
+    description: str | None = None
+
+
+class CronTrigger(_Trigger):
+    type: Literal["cron"] = "cron"
+    schedule: str
+    timezone: str = "UTC"
+    inputs: dict[str, Any] | None = None
+    enabled: bool = True
+
+
+class SensorTrigger(_Trigger):
+    type: Literal["sensor"]
+    check: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    poll_interval: str = "5m"
+    poll_jitter: str = "0s"
+    timeout: str = "24h"
+    inputs: dict[str, Any] | None = None
+    enabled: bool = True
+
+
+class WebhookTrigger(_Trigger):
+    type: Literal["webhook"]
+    auth: str | None = None
+    payload_schema: dict[str, Any] | None = Field(None, alias="schema")
+    inputs: dict[str, Any] | None = None
+    enabled: bool = True
+
+
+class ManualTrigger(_Trigger):
+    type: Literal["manual"]
+    inputs_schema: dict[str, Any] | None = None
+
+
+Trigger = CronTrigger | SensorTrigger | WebhookTrigger | ManualTrigger
+
+
 class Cascade(_Model):
     """A whole cascade: phases run from ``phases[0]`` along handoffs or list order."""
 
@@ -236,7 +583,19 @@ class Cascade(_Model):
     inputs_schema: dict[str, str] = Field(default_factory=dict, description="Input name -> description")
     phases: list[Phase] = Field(min_length=1)
     validators: dict[str, ValidatorSpec] = Field(default_factory=dict)
-    max_phase_visits: int | None = Field(None, ge=1, description="Loop guard; required by handoff cycles")
+    soundings: Soundings | None = Field(None, description="Run the whole cascade N times, keep the best")
+    memory: str | None = Field(None, min_length=1, description="Memory bank kept across runs")
+    token_budget: TokenBudget | None = None
+    tool_caching: ToolCaching | None = None
+    auto_context: AutoContext | None = None
+    triggers: list[Trigger] = Field(
+        default_factory=list, description="Windlass triggers; cron schedules a DAG"
+    )
+    research_db: str | None = None
+    narrator: dict[str, Any] | None = None
+    max_phase_visits: int | None = Field(
+        None, ge=1, description=f"Loop guard: visits per phase (default {DEFAULT_MAX_PHASE_VISITS})"
+    )
     defaults: Defaults = Field(default_factory=Defaults)
     budget: Budget | None = None
     budgets: list[SharedBudgetSpec] = Field(

@@ -16,12 +16,39 @@ _ENV: ImmutableSandboxedEnvironment | None = None
 STATE_OUTPUT_PREFIX = "output_"
 
 
+WINDLASS_VARIABLES = frozenset(
+    {"input", "state", "outputs", "history", "lineage", "sounding_index", "sounding_factor", "is_sounding"}
+)
+"""What every cascade template sees, as in Windlass."""
+
+AIRFLOW_VARIABLES = (
+    "ds",
+    "ds_nodash",
+    "ts",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "params",
+)
+"""Airflow run variables a cascade run under Airflow also sees (absent ones are left out)."""
+
+RETRY_VARIABLES = frozenset({"validation_error", "attempt", "max_attempts"})
+TURN_VARIABLES = frozenset({"turn", "max_turns"})
+MAP_VARIABLES = frozenset({"item", "item_index"})
+ROW_VARIABLES = frozenset({"row", "row_index"})
+
+
 def sandboxed_environment() -> ImmutableSandboxedEnvironment:
-    """A fresh sandboxed environment: cascade templates are user input and must not reach Python."""
-    from jinja2 import StrictUndefined
+    """A fresh sandboxed environment: cascade templates are user input and must not reach Python.
+
+    An undefined name renders as Jinja's default does, empty, as in Windlass (``{{ input.x }}``
+    without ``x`` is ``""``); using it further (``{{ input.x.y }}``) is an error. ``validate``
+    warns about names nothing provides.
+    """
+    from jinja2 import Undefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    return ImmutableSandboxedEnvironment(undefined=Undefined, autoescape=False)
 
 
 def _shared_environment() -> ImmutableSandboxedEnvironment:
@@ -62,3 +89,13 @@ def referenced_phases(source: str) -> set[str]:
         elif target.name == "state" and key.startswith(STATE_OUTPUT_PREFIX):
             found.add(key[len(STATE_OUTPUT_PREFIX) :])
     return found
+
+
+def undeclared_variables(source: str) -> set[str]:
+    """Top-level names a template reads without setting them itself.
+
+    :raises jinja2.TemplateSyntaxError: if ``source`` is not valid Jinja
+    """
+    from jinja2 import meta
+
+    return set(meta.find_undeclared_variables(_shared_environment().parse(source)))

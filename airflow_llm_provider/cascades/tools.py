@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 PYTHON_PREFIX = "python:"
+STANDARD_TOOLS = ("sql_data",)
+"""Tools the Airflow adapters register for every cascade (``operators/cascade_tools.py``);
+validation assumes them unless told which tools a run will have."""
 
 
 class ToolNotFound(LookupError):

@@ -10,14 +10,42 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, FieldPath, templated_fields
-from airflow_llm_provider.cascades.spec import END, Cascade, Phase
-from airflow_llm_provider.cascades.templates import referenced_phases
+from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, FieldPath, source_name, templated_fields
+from airflow_llm_provider.cascades.spec import (
+    AUTO_FIX,
+    END,
+    MANIFEST,
+    Cascade,
+    Phase,
+    PolyglotValidator,
+    ValidatorRef,
+)
+from airflow_llm_provider.cascades.templates import (
+    AIRFLOW_VARIABLES,
+    MAP_VARIABLES,
+    RETRY_VARIABLES,
+    TURN_VARIABLES,
+    WINDLASS_VARIABLES,
+    referenced_phases,
+    undeclared_variables,
+)
 
 Issue = tuple[FieldPath, str]
 
-LLM_ONLY = ("model", "tackle", "use_native_tools", "output_schema", "rules", "soundings", "wards")
-TOOL_ONLY = ("inputs", "routing", "on_error", "retry", "timeout")
+LLM_ONLY = (
+    "model",
+    "tackle",
+    "use_native_tools",
+    "output_schema",
+    "rules",
+    "soundings",
+    "wards",
+    "output_extraction",
+    "intra_context",
+)
+TOOL_ONLY = ("inputs", "routing", "retry", "timeout")
+IMPLEMENTED_POLYGLOT: frozenset[str] = frozenset()
+"""Languages of inline validators the engine runs (the others are refused by name)."""
 _PYTHON_REF = re.compile(r"^python:[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 _TOOL_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 
@@ -36,16 +64,51 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
         if phase.name == END:
             issues.append(((*at, "name"), f"'{END}' is reserved: it is the target that ends the cascade"))
         issues.extend(_phase_kind(phase, at))
-        issues.extend(_phase_references(phase, at, index, known))
+        issues.extend(_phase_references(phase, at, known))
         issues.extend(_phase_templates(phase, at, known))
-        issues.extend(_phase_validators(phase, at, cascade))
+        issues.extend(_phase_validators(phase, at))
         if phase.output_schema is not None:
             issues.extend(_json_schema(phase.output_schema, (*at, "output_schema")))
     for name, spec in cascade.validators.items():
         issues.extend(_template(spec.instructions, ("validators", name, "instructions"), known))
-    if cascade.max_phase_visits is None and len(known) == len(names):
-        issues.extend(_unguarded_cycles(cascade))
     return issues
+
+
+def semantic_warnings(cascade: Cascade) -> list[Issue]:
+    """What runs, but maybe not as the author thinks: template names nothing provides, ``previous``
+    on the first phase (Windlass resolves it to nothing)."""
+    warnings: list[Issue] = []
+    for index, phase in enumerate(cascade.phases):
+        at: FieldPath = ("phases", index)
+        if phase.context is not None and index == 0:
+            for position, source in enumerate(phase.context.from_):
+                if source_name(source).lower() in ("previous", "prev"):
+                    warnings.append(
+                        (
+                            (*at, "context", "from", position),
+                            "the first phase has no previous phase: no context",
+                        )
+                    )
+        provided = set(WINDLASS_VARIABLES) | set(AIRFLOW_VARIABLES)
+        if phase.map_over is not None:
+            provided |= MAP_VARIABLES
+        for path, text in templated_fields(phase, at):
+            extra = (
+                RETRY_VARIABLES
+                if "retry_instructions" in path
+                else TURN_VARIABLES
+                if "turn_prompt" in path
+                else frozenset()
+            )
+            try:
+                unknown = undeclared_variables(text) - provided - extra
+            except Exception:  # syntax errors are reported by semantic_issues
+                continue
+            for name in sorted(unknown):
+                warnings.append(
+                    (path, f"template variable '{name}' is provided by nothing here; it renders empty")
+                )
+    return warnings
 
 
 def _suggest(name: str, known: set[str]) -> str:
@@ -58,11 +121,16 @@ def _unknown(name: str, known: set[str]) -> str:
 
 
 def _phase_kind(phase: Phase, at: FieldPath) -> Iterator[Issue]:
-    if phase.tool is not None and phase.instructions is not None:
-        yield (*at, "tool"), "a phase sets either `tool` (deterministic) or `instructions` (LLM), not both"
+    kinds = [key for key in ("instructions", "tool", "for_each_row") if getattr(phase, key) is not None]
+    if len(kinds) > 1:
+        yield (
+            (*at, kinds[1]),
+            "a phase sets only one of `instructions`, `tool` or `for_each_row` "
+            f"(this one sets {' and '.join(kinds)})",
+        )
         return
-    if phase.tool is None and phase.instructions is None:
-        yield at, "a phase needs `instructions` (LLM phase) or `tool` (deterministic phase)"
+    if not kinds:
+        yield at, "a phase needs `instructions` (LLM phase), `tool` (deterministic) or `for_each_row`"
         return
     given = phase.model_fields_set
     if phase.kind == "tool":
@@ -70,17 +138,40 @@ def _phase_kind(phase: Phase, at: FieldPath) -> Iterator[Issue]:
             if key in given:
                 yield (*at, key), f"`{key}` applies to LLM phases only (this phase runs a `tool`)"
         yield from _tool_reference(phase.tool or "", (*at, "tool"))
-    else:
-        for key in TOOL_ONLY:
+        if phase.on_error == AUTO_FIX or (isinstance(phase.on_error, dict) and AUTO_FIX in phase.on_error):
+            yield (*at, "on_error"), "`on_error: auto_fix` (Windlass LLM code repair) is not supported yet"
+        elif (inline := phase.on_error_inline) is not None:
+            yield from _inline_fallback(phase, inline, (*at, "on_error"))
+    elif phase.kind == "llm":
+        for key in (*TOOL_ONLY, "on_error"):
             if key in given:
                 yield (*at, key), f"`{key}` applies to `tool` phases only (this is an LLM phase)"
-        if (phase.instructions or "").startswith("@"):
-            yield (*at, "instructions"), "instructions from a file (`@path`) are not supported yet"
+        if phase.tackle == [MANIFEST]:
+            yield (
+                (*at, "tackle"),
+                "`tackle: manifest` (Windlass Quartermaster tool selection) is not supported yet",
+            )
         for position, name in enumerate(phase.tackle):
-            if name == "manifest":
-                yield (*at, "tackle", position), "`manifest` tackle (Windlass selector) is not supported yet"
-            elif name.startswith("cascade:"):
+            if name.startswith("cascade:"):
                 yield from _cascade_reference(name, (*at, "tackle", position))
+
+
+def _inline_fallback(phase: Phase, body: dict[str, object], at: FieldPath) -> Iterator[Issue]:
+    """``on_error: {instructions: ...}``: a nameless LLM phase run when the tool fails."""
+    from pydantic import ValidationError
+
+    if "instructions" not in body:
+        yield at, "an inline `on_error` fallback is an LLM phase: it needs `instructions`"
+        return
+    try:
+        fallback = Phase.model_validate({"name": f"{phase.name}_on_error", **body})
+    except ValidationError as err:
+        for error in err.errors(include_url=False):
+            yield (*at, *error.get("loc", ())), str(error.get("msg", "invalid value"))
+        return
+    for key in ("handoffs", "routing", "soundings", "sub_cascades", "async_cascades"):
+        if key in fallback.model_fields_set:
+            yield (*at, key), f"`{key}` is not available in an inline `on_error` fallback"
 
 
 def _tool_reference(tool: str, at: FieldPath) -> Iterator[Issue]:
@@ -104,27 +195,29 @@ def _cascade_reference(reference: str, at: FieldPath) -> Iterator[Issue]:
         yield at, f"'{reference}' is not of the form cascade:path/to/child.yaml (a YAML or JSON file)"
 
 
-def _phase_references(phase: Phase, at: FieldPath, index: int, known: set[str]) -> Iterator[Issue]:
+def _phase_references(phase: Phase, at: FieldPath, known: set[str]) -> Iterator[Issue]:
     for position, target in enumerate(phase.handoff_targets):
         if target != END and target not in known:
             yield (*at, "handoffs", position), _unknown(target, known)
     if phase.context is not None:
         for position, source in enumerate(phase.context.from_):
             path = (*at, "context", "from", position)
-            if source.lower() in CONTEXT_KEYWORDS:
-                if index == 0 and source.lower() in ("previous", "prev"):
-                    yield path, "the first phase has no previous phase"
-            elif source not in known:
-                yield path, _unknown(source, known)
+            name = source_name(source)
+            if isinstance(source, str) and name.lower() in CONTEXT_KEYWORDS:
+                continue
+            if name not in known:
+                yield (path if isinstance(source, str) else (*path, "phase")), _unknown(name, known)
+        for position, name in enumerate(phase.context.exclude):
+            if name not in known:
+                yield (*at, "context", "exclude", position), _unknown(name, known)
     for route, target in (phase.routing or {}).items():
         if target != END and target not in known:
             yield (*at, "routing", route), _unknown(target, known)
-    if phase.on_error is not None:
-        if phase.on_error == "auto_fix":
-            yield (*at, "on_error"), "`auto_fix` (Windlass LLM repair) is not supported yet"
-        elif phase.on_error not in known:
-            yield (*at, "on_error"), _unknown(phase.on_error, known)
-        elif phase.on_error == phase.name:
+    handler = phase.on_error_target
+    if handler is not None:
+        if handler not in known:
+            yield (*at, "on_error"), _unknown(handler, known)
+        elif handler == phase.name:
             yield (*at, "on_error"), "a phase cannot be its own `on_error` handler; use `retry`"
     if phase.map_over is not None:
         source = phase.map_over.split(".", 1)[0]
@@ -135,11 +228,6 @@ def _phase_references(phase: Phase, at: FieldPath, index: int, known: set[str]) 
 
 
 def _phase_templates(phase: Phase, at: FieldPath, known: set[str]) -> Iterator[Issue]:
-    soundings = phase.soundings
-    if soundings is not None:
-        active = isinstance(soundings.factor, str) or soundings.factor > 1
-        if active and soundings.mode == "evaluate" and not soundings.evaluator_instructions:
-            yield (*at, "soundings"), "`evaluator_instructions` is required when soundings evaluate"
     for path, text in templated_fields(phase, at):
         yield from _template(text, path, known)
 
@@ -156,23 +244,38 @@ def _template(text: str, path: FieldPath, known: set[str]) -> Iterator[Issue]:
         yield path, f"template reads {_unknown(name, known)}"
 
 
-def _validator_ok(name: str, cascade: Cascade) -> bool:
-    return name in cascade.validators or bool(_PYTHON_REF.match(name))
+def _phase_validators(phase: Phase, at: FieldPath) -> Iterator[Issue]:
+    """Inline validators in languages the engine does not run yet; names are resolved by
+    ``references.py``, which knows the tool path."""
+    for path, validator in phase_validators(phase, at):
+        if isinstance(validator, PolyglotValidator) and validator.language not in IMPLEMENTED_POLYGLOT:
+            yield (
+                path,
+                f"inline `{validator.language}` validators are not supported by airflow-llm-provider yet",
+            )
+    if phase.wards is not None:
+        for position, ward in enumerate(phase.wards.pre):
+            if ward.mode == "retry":
+                yield (*at, "wards", "pre", position, "mode"), "`retry` applies to post wards only"
 
 
-def _phase_validators(phase: Phase, at: FieldPath, cascade: Cascade) -> Iterator[Issue]:
-    missing = "validator '{}' is not in `validators:` and not of the form python:module.func"
-    loop_until = phase.rules.loop_until if phase.rules is not None else None
-    if loop_until is not None and not _validator_ok(loop_until, cascade):
-        yield (*at, "rules", "loop_until"), missing.format(loop_until)
+def phase_validators(phase: Phase, at: FieldPath = ()) -> Iterator[tuple[FieldPath, ValidatorRef]]:
+    """Every validator a phase names (loop_until, wards, soundings pre-filter, reforge threshold)."""
+    if phase.rules is not None and phase.rules.loop_until is not None:
+        yield (*at, "rules", "loop_until"), phase.rules.loop_until
     if phase.wards is not None:
         for when in ("pre", "post"):
             for position, ward in enumerate(getattr(phase.wards, when)):
-                path = (*at, "wards", when, position)
-                if not _validator_ok(ward.validator, cascade):
-                    yield (*path, "validator"), missing.format(ward.validator)
-                if when == "pre" and ward.mode == "retry":
-                    yield (*path, "mode"), "`retry` applies to post wards only"
+                yield (*at, "wards", when, position, "validator"), ward.validator
+    soundings = phase.soundings
+    if soundings is not None:
+        if soundings.validator is not None:
+            yield (*at, "soundings", "validator"), soundings.validator
+        if soundings.reforge is not None and soundings.reforge.threshold is not None:
+            yield (
+                (*at, "soundings", "reforge", "threshold", "validator"),
+                soundings.reforge.threshold.validator,
+            )
 
 
 def _json_schema(schema: dict[str, Any], at: FieldPath) -> Iterator[Issue]:
@@ -183,43 +286,3 @@ def _json_schema(schema: dict[str, Any], at: FieldPath) -> Iterator[Issue]:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
         yield (*at, *exc.path), f"invalid JSON Schema: {exc.message}"
-
-
-def _unguarded_cycles(cascade: Cascade) -> Iterator[Issue]:
-    """Back edges of the phase graph (handoffs, routing, on_error, fall-through)."""
-    edges: dict[str, list[tuple[str, FieldPath]]] = {}
-    phases = cascade.phases
-    for index, phase in enumerate(phases):
-        at: FieldPath = ("phases", index)
-        out = edges.setdefault(phase.name, [])
-        out.extend((target, (*at, "handoffs", pos)) for pos, target in enumerate(phase.handoff_targets))
-        out.extend((target, (*at, "routing", route)) for route, target in (phase.routing or {}).items())
-        if phase.on_error is not None:
-            out.append((phase.on_error, (*at, "on_error")))
-        if not phase.handoffs and index + 1 < len(phases):
-            out.append((phases[index + 1].name, at))
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-    reported: set[FieldPath] = set()
-
-    def visit(name: str) -> Iterator[Issue]:
-        state[name] = 1
-        stack.append(name)
-        for target, path in edges.get(name, []):
-            if target not in edges:
-                continue
-            if state.get(target) == 1 and path not in reported:
-                reported.add(path)
-                cycle = [*stack[stack.index(target) :], target]
-                yield (
-                    path,
-                    (f"cycle {' -> '.join(cycle)} has no loop guard; set `max_phase_visits` on the cascade"),
-                )
-            elif target not in state:
-                yield from visit(target)
-        stack.pop()
-        state[name] = 2
-
-    for phase in phases:
-        if phase.name not in state:
-            yield from visit(phase.name)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
 CONFIG_SECTION = "llm_provider"
+DEFAULT_PROVIDER = "openai-chat"
+"""Provider of Windlass model ids on a connection that names no model: OpenAI's protocol, which
+OpenRouter (Windlass's own backend) and most self-hosted servers speak."""
 _NOT_FETCHED = object()
 TEST_MODEL = "test"
 
@@ -144,17 +147,52 @@ class LLMHook(BaseHook):
         return model, str(name)
 
     def model_for(self, model: str | None) -> Model:
-        """A model for a cascade phase: ``model`` (e.g. ``"openai-chat:gpt-4o"``) with this
-        connection's credentials and base URL, or the connection's own model when ``None``.
-        This is the cascade engine's model factory."""
+        """A model for a cascade phase: ``model`` with this connection's credentials and base URL,
+        or the connection's own model when ``None``. This is the cascade engine's model factory.
+
+        ``model`` is a pydantic-ai id (``"openai-chat:gpt-4o"``) or a Windlass/OpenRouter id
+        (``"anthropic/claude-sonnet-4"``): the latter is sent as the model name on this
+        connection's provider, as Windlass sends it to OpenRouter, unless ``[llm_provider]
+        model_map`` maps it to another id first."""
         if model is None or model == self.model_override:
             return self.get_conn()
+        model = self.resolve_model_id(model)
         if model == TEST_MODEL:
             return self._test_model()
         cache = self.__dict__.setdefault("_models_by_name", {})
         if model not in cache:
-            cache[model] = LLMHook(llm_conn_id=self.llm_conn_id, model=model, timeout=self.timeout).get_conn()
+            if self.connection() is None:  # no LLM configured: the announced offline fallback
+                cache[model] = self.get_conn()
+            else:
+                cache[model] = LLMHook(
+                    llm_conn_id=self.llm_conn_id, model=model, timeout=self.timeout
+                ).get_conn()
         return cache[model]
+
+    def resolve_model_id(self, model: str) -> str:
+        """The pydantic-ai id a cascade's model id stands for on this connection (see
+        :meth:`model_for`)."""
+        from airflow_llm_provider.cascades.models import is_windlass_id
+
+        mapped = model_map().get(model)
+        if mapped is None:
+            for pattern, target in model_map().items():
+                if pattern.endswith("*") and model.startswith(pattern[:-1]):
+                    mapped = target
+                    break
+        if mapped is not None:
+            return mapped
+        if is_windlass_id(model):
+            return f"{self.connection_provider()}:{model}"
+        return model
+
+    def connection_provider(self) -> str:
+        """The pydantic-ai provider of this connection's model (``openai-chat`` in
+        ``openai-chat:gpt-4o``); ``openai-chat`` when the connection names no model."""
+        connection = self.connection()
+        configured = (connection.extra_dejson.get("model") if connection is not None else None) or ""
+        provider, separator, _ = str(configured).partition(":")
+        return provider if separator and provider else DEFAULT_PROVIDER
 
     def declared_price(self) -> Any:
         """The connection's ``extra.price`` ({input_per_mtok, output_per_mtok}) for self-hosted
@@ -204,3 +242,21 @@ class LLMHook(BaseHook):
         except Exception as err:
             return False, f"{type(err).__name__}: {err}"
         return True, f"Model resolved: {self.describe()}"
+
+
+def model_map() -> dict[str, str]:
+    """``[llm_provider] model_map``: a JSON object of cascade model id -> pydantic-ai id (a key
+    ending in ``*`` maps every id with that prefix). Empty when unset; a broken value is an error
+    that names the setting."""
+    import json
+
+    raw = conf.get(CONFIG_SECTION, "model_map", fallback="") or ""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"[{CONFIG_SECTION}] model_map is not JSON: {err}") from err
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"[{CONFIG_SECTION}] model_map must be a JSON object of model id -> model id")
+    return {str(k): v for k, v in value.items()}

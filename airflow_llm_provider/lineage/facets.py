@@ -176,8 +176,8 @@ def cascade_job_facet(cascade: Cascade, task_phase: str | None = None) -> LlmCas
             entry["tools"] = list(phase.tackle)
         if phase.routing:
             entry["routes"] = dict(phase.routing)
-        if phase.on_error:
-            entry["onError"] = phase.on_error
+        if phase.on_error_target:
+            entry["onError"] = phase.on_error_target
         if phase.map_over:
             entry["mapOver"] = phase.map_over
         if phase.soundings is not None:

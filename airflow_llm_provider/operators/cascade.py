@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
+from airflow_llm_provider.cascades.templates import AIRFLOW_VARIABLES
+
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
@@ -22,16 +24,6 @@ if TYPE_CHECKING:
     from airflow_llm_provider.cascades.spec import Cascade
     from airflow_llm_provider.hooks.llm import LLMHook
     from airflow_llm_provider.operators.cascade_tools import SqlRun
-
-CONTEXT_VARIABLES = (
-    "ds",
-    "ds_nodash",
-    "ts",
-    "logical_date",
-    "data_interval_start",
-    "data_interval_end",
-    "params",
-)
 
 
 class CascadeRunState:
@@ -148,8 +140,11 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
 
     def _load(self) -> Cascade:
         from airflow_llm_provider.cascades import load_cascade
+        from airflow_llm_provider.operators.cascade_tools import configured_tool_path, tool_names
 
-        return load_cascade(self._cascade_source())
+        return load_cascade(
+            self._cascade_source(), tools=tool_names(self.tools), tool_path=configured_tool_path()
+        )
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_llm_provider.cascades.runner import run_cascade
@@ -282,7 +277,7 @@ def template_context(context: Any) -> dict[str, Any]:
     """Airflow's run variables for cascade templates; absent ones (e.g. no logical date on a
     REST-triggered Airflow 3 run) are left out rather than failing."""
     values: dict[str, Any] = {}
-    for name in CONTEXT_VARIABLES:
+    for name in AIRFLOW_VARIABLES:
         value = context.get(name) if hasattr(context, "get") else None
         if value is None:
             continue

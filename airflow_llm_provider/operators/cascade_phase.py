@@ -37,27 +37,32 @@ from airflow_llm_provider.operators.cascade import (
 if TYPE_CHECKING:
     from airflow_llm_provider.cascades.spec import Cascade
 
-_LOADED: dict[tuple[str, int], Cascade] = {}
+_LOADED: dict[tuple[str, int, tuple[str, ...]], Cascade] = {}
 
 
-def load_cascade_cached(source: str | Mapping[str, Any]) -> Cascade:
+def load_cascade_cached(source: str | Mapping[str, Any], tools: Sequence[str] | None = None) -> Cascade:
     """Validate a cascade file once per process and modification time (every task of a rendered DAG
-    names the same file; parsing the DAG must not validate it once per phase)."""
+    names the same file; parsing the DAG must not validate it once per phase). ``tools`` are the
+    names the task registers (default: the standard Airflow tools)."""
     from airflow_llm_provider.cascades import load_cascade
+    from airflow_llm_provider.operators.cascade_tools import configured_tool_path, tool_names
 
+    names = list(tools) if tools is not None else tool_names()
     if isinstance(source, Mapping):
-        return load_cascade(source)
+        return load_cascade(source, tools=names)
     path = str(Path(source).resolve())
-    key = (path, os.stat(path).st_mtime_ns)
+    key = (path, os.stat(path).st_mtime_ns, tuple(names))
     if key not in _LOADED:
-        _LOADED[key] = load_cascade(path)
+        _LOADED[key] = load_cascade(path, tools=names, tool_path=configured_tool_path())
     return _LOADED[key]
 
 
 def remember_cascade(path: str, cascade: Cascade) -> None:
     """Seed the cache with a cascade that was just validated (by the DAG loader)."""
+    from airflow_llm_provider.operators.cascade_tools import tool_names
+
     resolved = str(Path(path).resolve())
-    _LOADED[(resolved, os.stat(resolved).st_mtime_ns)] = cascade
+    _LOADED[(resolved, os.stat(resolved).st_mtime_ns, tuple(tool_names()))] = cascade
 
 
 def run_input(context: Any) -> dict[str, Any]:
@@ -150,7 +155,9 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
         return cascade_source(self)
 
     def _load(self) -> Cascade:
-        return load_cascade_cached(self._cascade_source())
+        from airflow_llm_provider.operators.cascade_tools import tool_names
+
+        return load_cascade_cached(self._cascade_source(), tool_names(self.tools))
 
     def _pulled_outputs(self, context: Any) -> dict[str, Any]:
         outputs: dict[str, Any] = {}

@@ -119,3 +119,20 @@ def airflow_tools(
     """
     tool = sql_data if on_sql is None else recording_sql_data(on_sql)
     return {"sql_data": tool, **(user_tools or {})}
+
+
+def tool_names(user_tools: Mapping[str, Callable[..., Any]] | None = None) -> list[str]:
+    """The names :func:`airflow_tools` will register, for validating a cascade before it runs."""
+    from airflow_llm_provider.cascades.tools import STANDARD_TOOLS
+
+    return [*STANDARD_TOOLS, *(user_tools or {})]
+
+
+def configured_tool_path() -> list[str]:
+    """``[llm_provider] tool_path``: more folders with tool and validator cascades."""
+    import os
+
+    from airflow.providers.common.compat.sdk import conf
+
+    raw = conf.get("llm_provider", "tool_path", fallback="") or ""
+    return [part for part in raw.split(os.pathsep) if part.strip()]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from airflow_llm_provider.cascades import Cascade, CascadeValidationError, check_cascade, load_cascade
 
-VALID = sorted((Path(__file__).parent / "fixtures" / "valid").iterdir())
+VALID = sorted(p for p in (Path(__file__).parent / "fixtures" / "valid").iterdir() if p.is_file())
 BASES = [yaml.safe_load(p.read_text()) if p.suffix != ".json" else json.loads(p.read_text()) for p in VALID]
 
 scalars = st.one_of(

@@ -17,7 +17,7 @@ from airflow_llm_provider.cascades import (
 from airflow_llm_provider.cascades.templates import referenced_phases
 
 FIXTURES = Path(__file__).parent / "fixtures"
-VALID = sorted((FIXTURES / "valid").iterdir())
+VALID = sorted(p for p in (FIXTURES / "valid").iterdir() if p.is_file())
 INVALID_YAML = sorted((FIXTURES / "invalid").glob("*.yaml"))
 _EXPECT = re.compile(r"^# expect: (\d+) (\S+): (.+)$")
 
@@ -116,13 +116,13 @@ def test_end_is_a_valid_handoff_and_routing_target():
     assert cascade.phase("b").kind == "llm"
 
 
-def test_mutate_is_off_unless_asked():
+def test_mutate_is_on_unless_turned_off_as_in_windlass():
     base = {"name": "a", "instructions": "hi", "soundings": {"factor": 2, "evaluator_instructions": "x"}}
     cascade = load_cascade({"cascade_id": "x", "phases": [base]})
     assert cascade.phases[0].soundings is not None
-    assert cascade.phases[0].soundings.mutate is False
-    base["soundings"] = {**base["soundings"], "mutate": True}  # type: ignore[dict-item]
-    assert load_cascade({"cascade_id": "x", "phases": [base]}).phases[0].soundings.mutate is True
+    assert cascade.phases[0].soundings.mutate is True
+    base["soundings"] = {**base["soundings"], "mutate": False}  # type: ignore[dict-item]
+    assert load_cascade({"cascade_id": "x", "phases": [base]}).phases[0].soundings.mutate is False
 
 
 def test_tool_inputs_is_an_alias_of_inputs():
@@ -150,7 +150,7 @@ def test_in_memory_mapping_has_no_lines():
             "<dict>",
             None,
             "phases[0]",
-            "a phase needs `instructions` (LLM phase) or `tool` (deterministic phase)",
+            "a phase needs `instructions` (LLM phase), `tool` (deterministic) or `for_each_row`",
         )
     ]
     assert str(caught.value).startswith("<dict>: phases[0]: ")
@@ -166,13 +166,13 @@ def test_in_memory_mapping_has_no_lines():
 def test_file_without_extension_is_json_or_yaml(tmp_path, text):
     path = tmp_path / "cascade"
     path.write_text(text)
-    assert load_cascade(path).cascade_id == "x"
+    assert load_cascade(path, tools=["t"]).cascade_id == "x"
 
 
 def test_only_the_first_yaml_document_counts(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text("cascade_id: x\nphases: [{name: a, tool: t}]\n---\nnot: a cascade\n")
-    assert load_cascade(path).cascade_id == "x"
+    assert load_cascade(path, tools=["t"]).cascade_id == "x"
 
 
 def test_unreadable_and_empty_files_are_issues_not_tracebacks(tmp_path):
@@ -183,13 +183,12 @@ def test_unreadable_and_empty_files_are_issues_not_tracebacks(tmp_path):
         load_cascade(tmp_path / "empty.yaml")
 
 
-def test_a_cycle_is_fine_with_a_visit_limit():
+def test_a_cycle_is_legal_as_in_windlass_and_the_visit_limit_overrides_the_default_guard():
     phases = [
         {"name": "a", "instructions": "hi", "handoffs": ["b"]},
         {"name": "b", "tool": "t", "routing": {"again": "a", "default": "end"}},
     ]
-    with pytest.raises(CascadeValidationError, match="cycle a -> b -> a"):
-        load_cascade({"cascade_id": "x", "phases": phases})
+    assert load_cascade({"cascade_id": "x", "phases": phases}).max_phase_visits is None
     assert load_cascade({"cascade_id": "x", "phases": phases, "max_phase_visits": 3}).max_phase_visits == 3
 
 

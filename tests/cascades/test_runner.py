@@ -517,7 +517,7 @@ def test_without_mutate_all_soundings_share_the_prompt(llm_server):
             {
                 "name": "w",
                 "instructions": "Write.",
-                "soundings": {"factor": 3, "evaluator_instructions": "Pick."},
+                "soundings": {"factor": 3, "evaluator_instructions": "Pick.", "mutate": False},
             }
         ]
     )

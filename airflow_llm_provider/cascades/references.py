@@ -1,0 +1,296 @@
+"""What a cascade names outside itself, checked before anything runs: tools, validators, child
+cascades, instruction and SQL files.
+
+Windlass resolves a tool or validator name through its registered functions and then through the
+cascades in its tool folders (``examples/``, ``tackle/``, ``cascades/``), by ``cascade_id``. We
+do the same over a *tool path*: by default the cascade's own folder and its siblings ``tackle/``
+and ``cascades/``, plus folders from ``AIRFLOW_LLM_TOOL_PATH`` (``os.pathsep``-separated; the
+Airflow adapters fill it from ``[llm_provider] tool_path``) or given by the caller.
+
+A name that resolves nowhere is an error here, so a run never pays for phases before the one that
+would have failed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_llm_provider.cascades.graph import FieldPath
+from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
+
+Issue = tuple[FieldPath, str]
+
+TOOL_PATH_ENV = "AIRFLOW_LLM_TOOL_PATH"
+TOOL_FOLDERS = ("tackle", "cascades")
+"""Siblings of a cascade's folder searched for tool cascades, as Windlass's ``tackle_dirs``."""
+ENGINE_TOOLS = frozenset({"route_to"})
+"""Tools the engine itself offers (``route_to`` on phases with handoffs)."""
+_SUFFIXES = (".yaml", ".yml", ".json")
+_MAX_INDEXED_FILES = 2000
+"""A tool folder larger than this is a mistake (e.g. a data folder); we stop indexing there."""
+
+WINDLASS_BUILTIN_TOOLS = frozenset(
+    {
+        "set_state",
+        "sql_data",
+        "python_data",
+        "route_to",
+        "sql_search",
+        "create_plotly",
+        "request_decision",
+        "bash_data",
+        "create_vega_lite",
+        "sql_query",
+        "run_code",
+        "await_signal",
+        "linux_shell",
+        "list_sql_connections",
+        "say",
+        "ask_human",
+        "create_artifact",
+        "js_data",
+        "windlass_data",
+        "ask_human_custom",
+        "clojure_data",
+        "create_chart",
+        "rabbitize_close",
+        "rabbitize_execute",
+        "rabbitize_extract",
+        "rabbitize_start",
+        "fire_signal",
+        "sql_rag_search",
+        "smart_sql_run",
+        "map_cascade",
+        "rag_list_sources",
+        "rag_read_chunk",
+        "rag_search",
+        "research_execute",
+        "research_query",
+        "show_ui",
+        "append_file",
+        "control_browser",
+        "extract_page_content",
+        "file_info",
+        "get_artifact",
+        "get_browser_status",
+        "get_research_session",
+        "linux_shell_dangerous",
+        "list_artifacts",
+        "list_files",
+        "list_research_sessions",
+        "list_signals",
+        "listen",
+        "process_voice_recording",
+        "rabbitize_status",
+        "read_file",
+        "save_research_session",
+        "spawn_cascade",
+        "take_screenshot",
+        "transcribe_audio",
+        "write_file",
+    }
+)
+"""The names Windlass registers as built-in tools (``register_tackle`` in its ``__init__``)."""
+
+
+@dataclass(frozen=True)
+class CascadeTool:
+    """A cascade usable as a tool (or validator) by its ``cascade_id``."""
+
+    cascade_id: str
+    path: Path
+    description: str
+    inputs: dict[str, str]
+
+
+def tool_path(cascade_file: Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
+    """The folders searched for tool cascades of ``cascade_file``, in order."""
+    folders: list[Path] = []
+    if cascade_file is not None:
+        here = cascade_file.resolve().parent
+        folders.append(here)
+        folders.extend(here.parent / name for name in TOOL_FOLDERS)
+    configured = os.environ.get(TOOL_PATH_ENV, "")
+    folders.extend(Path(part) for part in configured.split(os.pathsep) if part.strip())
+    folders.extend(Path(folder) for folder in extra)
+    return list(dict.fromkeys(folder.resolve() for folder in folders if folder.is_dir()))
+
+
+class _FolderIndex:
+    """Cascade tools per folder, re-read only when a file in it changes (DAG folders are parsed
+    every few seconds)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folders: dict[Path, tuple[tuple[tuple[str, float, int], ...], dict[str, CascadeTool]]] = {}
+
+    def tools(self, folder: Path) -> dict[str, CascadeTool]:
+        files = _cascade_files(folder)
+        signature = tuple((str(path), stat.st_mtime, stat.st_size) for path, stat in files)
+        with self._lock:
+            cached = self._folders.get(folder)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+        found: dict[str, CascadeTool] = {}
+        for path, _ in files:
+            tool = _read_tool(path)
+            if tool is not None:
+                found.setdefault(tool.cascade_id, tool)
+        with self._lock:
+            self._folders[folder] = (signature, found)
+        return found
+
+
+def _cascade_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
+    files: list[tuple[Path, os.stat_result]] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        for name in sorted(names):
+            if name.lower().endswith(_SUFFIXES):
+                path = Path(root) / name
+                try:
+                    files.append((path, path.stat()))
+                except OSError:
+                    continue
+                if len(files) >= _MAX_INDEXED_FILES:
+                    return files
+    return files
+
+
+def _read_tool(path: Path) -> CascadeTool | None:
+    """The cascade in ``path`` as a tool, or None when it is not a cascade (any file may sit in
+    a tool folder; a broken one is reported when it is used, not here)."""
+    from airflow_llm_provider.cascades.loader import read_document
+
+    data = read_document(path)
+    if not isinstance(data, dict) or not isinstance(data.get("cascade_id"), str):
+        return None
+    if not isinstance(data.get("phases"), list):
+        return None
+    schema = data.get("inputs_schema")
+    inputs = {str(k): str(v) for k, v in schema.items()} if isinstance(schema, dict) else {}
+    description = data.get("description")
+    return CascadeTool(
+        cascade_id=data["cascade_id"],
+        path=path,
+        description=description if isinstance(description, str) else "",
+        inputs=inputs,
+    )
+
+
+_INDEX = _FolderIndex()
+
+
+def find_cascade_tool(name: str, folders: Sequence[Path]) -> CascadeTool | None:
+    """The first cascade with ``cascade_id == name`` on the tool path."""
+    for folder in folders:
+        tool = _INDEX.tools(folder).get(name)
+        if tool is not None:
+            return tool
+    return None
+
+
+def cascade_tool_names(folders: Sequence[Path]) -> set[str]:
+    names: set[str] = set()
+    for folder in folders:
+        names.update(_INDEX.tools(folder))
+    return names
+
+
+def reference_issues(
+    cascade: Cascade,
+    cascade_file: Path,
+    tools: Collection[str],
+    extra_tool_path: Sequence[str | Path] = (),
+) -> list[Issue]:
+    """Every name or file ``cascade`` refers to that cannot be found. ``tools`` are the names
+    the caller registers (the Airflow adapters' and the user's)."""
+    folders = tool_path(cascade_file, extra_tool_path)
+    base = cascade_file.resolve().parent
+    resolver = _Resolver(cascade, set(tools) | ENGINE_TOOLS, folders)
+    issues: list[Issue] = []
+    for index, phase in enumerate(cascade.phases):
+        issues.extend(_phase_issues(phase, ("phases", index), base, resolver))
+    return issues
+
+
+class _Resolver:
+    def __init__(self, cascade: Cascade, tools: set[str], folders: Sequence[Path]) -> None:
+        self.cascade = cascade
+        self.tools = tools
+        self.folders = folders
+
+    def tool_known(self, name: str) -> bool:
+        return name in self.tools or find_cascade_tool(name, self.folders) is not None
+
+    def unknown_tool(self, name: str, what: str = "tool") -> str:
+        if name in WINDLASS_BUILTIN_TOOLS:
+            return f"Windlass built-in tool '{name}' is not available in airflow-llm-provider yet"
+        candidates = self.tools | cascade_tool_names(self.folders)
+        if what == "validator":
+            candidates |= set(self.cascade.validators)
+        close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.7)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return (
+            f"unknown {what} '{name}'{hint}: not a registered tool and no cascade with that "
+            f"cascade_id on the tool path ({_describe_folders(self.folders)})"
+        )
+
+
+def _describe_folders(folders: Sequence[Path]) -> str:
+    if not folders:
+        return "empty"
+    shown = ", ".join(str(folder) for folder in folders[:4])
+    return shown + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
+
+
+def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) -> Iterator[Issue]:
+    if phase.instructions is not None and phase.instructions.startswith("@"):
+        yield from _file_issue(phase.instructions[1:], base, (*at, "instructions"), "instructions file")
+    if phase.tool is not None:
+        yield from _tool_issues(phase.tool, (*at, "tool"), base, resolver)
+    if phase.tackle != [MANIFEST]:
+        for position, name in enumerate(phase.tackle):
+            yield from _tool_issues(name, (*at, "tackle", position), base, resolver)
+    for kind in ("sub_cascades", "async_cascades"):
+        for position, ref in enumerate(getattr(phase, kind)):
+            yield from _file_issue(ref.ref, base, (*at, kind, position, "ref"), "child cascade")
+    if phase.for_each_row is not None and phase.for_each_row.cascade is not None:
+        yield from _file_issue(
+            phase.for_each_row.cascade, base, (*at, "for_each_row", "cascade"), "child cascade"
+        )
+    from airflow_llm_provider.cascades.validate import phase_validators
+
+    for path, validator in phase_validators(phase, at):
+        if isinstance(validator, PolyglotValidator):
+            if validator.tool is not None and not resolver.tool_known(validator.tool):
+                yield (*path, "tool"), resolver.unknown_tool(validator.tool)
+            continue
+        if validator in resolver.cascade.validators or validator.startswith("python:"):
+            continue
+        if not resolver.tool_known(validator):
+            yield path, resolver.unknown_tool(validator, "validator") + "; or define it under `validators:`"
+
+
+def _tool_issues(name: str, at: FieldPath, base: Path, resolver: _Resolver) -> Iterator[Issue]:
+    if name.startswith(("python:", "shell:")):
+        return
+    if name.startswith("sql:"):
+        yield from _file_issue(name[4:].strip(), base, at, "SQL file")
+    elif name.startswith("cascade:"):
+        yield from _file_issue(name[len("cascade:") :].strip(), base, at, "child cascade")
+    elif not resolver.tool_known(name):
+        yield at, resolver.unknown_tool(name)
+
+
+def _file_issue(relative: str, base: Path, at: FieldPath, what: str) -> Iterator[Issue]:
+    if not relative:
+        return
+    path = base / relative
+    if not path.is_file():
+        yield at, f"{what} '{relative}' not found (looked at {path})"

@@ -1,0 +1,114 @@
+"""What goes into and comes out of a cascade run: the run options, the live run record, the
+per-phase trace, the results, and :class:`PhaseFailed`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow_llm_provider.cascades.cache import PhaseCache
+from airflow_llm_provider.cascades.spec import Budget
+from airflow_llm_provider.cascades.tools import ToolRegistry
+from airflow_llm_provider.cascades.usage import CallObserver, ModelPrice, UsageTracker
+
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+
+ModelFactory = Callable[[str | None], "Model"]
+"""Model string (None = the default) -> a pydantic-ai Model."""
+
+
+class PhaseFailed(RuntimeError):
+    """A phase could not produce an acceptable output; the cascade fails with this message."""
+
+    def __init__(self, phase: str, message: str) -> None:
+        super().__init__(f"phase '{phase}': {message}")
+        self.phase = phase
+
+
+@dataclass
+class RunOptions:
+    """How to run a cascade. Every field has a default that works offline."""
+
+    model_factory: ModelFactory | None = None
+    model: str | None = None
+    """Overrides every phase's model (``--model`` on the CLI)."""
+    tools: ToolRegistry | Mapping[str, Callable[..., Any]] | None = None
+    template_context: Mapping[str, Any] = field(default_factory=dict)
+    """Extra template variables, e.g. Airflow's ``ds``, ``data_interval_start``, ``params``."""
+    max_concurrency: int = 5
+    budget: Budget | None = None
+    """Overrides the cascade's own ``budget``."""
+    declared_price: ModelPrice | None = None
+    """Price of a self-hosted model (the connection's ``extra.price``)."""
+    cache: PhaseCache | None = None
+    cache_scope: str = "run"
+    """Key scope: a run id lets a task retry resume; ``shared`` reuses answers across runs."""
+    cache_max_age_seconds: float | None = None
+    model_settings: Mapping[str, Any] | None = None
+    base_dir: Path | None = None
+    """Folder of the cascade file: ``sql:`` tool files are read relative to it."""
+    on_event: Callable[[str], None] | None = None
+    """Progress lines (the operator writes them to the task log)."""
+    record: RunRecord | None = None
+    """Filled in while the run goes (the operators' OpenLineage methods read it)."""
+    call_observer: CallObserver | None = None
+    """Told before and after every LLM call (the Airflow adapter's cost ledger and shared budgets)."""
+
+
+@dataclass
+class RunRecord:
+    """A live view of one run for whoever started it: the usage tracker (so a run that raised still
+    tells what it spent), the models that answered (``system:model_name`` of the resolved model)
+    and the winning sounding per phase. Filled in as the run goes; no prompt text in it."""
+
+    usage: UsageTracker | None = None
+    models: list[str] = field(default_factory=list)
+    soundings_winners: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PhaseRun:
+    phase: str
+    status: Literal["success", "failed", "cached"]
+    duration_s: float
+    attempts: int = 0
+    route: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class CascadeResult:
+    cascade_id: str
+    status: Literal["success", "failed"]
+    outputs: dict[str, Any]
+    final: Any
+    usage: dict[str, Any]
+    error: str | None = None
+    budget_exceeded: bool = False
+    trace: list[PhaseRun] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``airflow-llm run`` and the operator's XCom."""
+        return {
+            "status": self.status,
+            "outputs": self.outputs,
+            "final": self.final,
+            "usage": self.usage,
+            "error": self.error,
+        }
+
+
+@dataclass
+class PhaseOutcome:
+    """One phase run on its own (a task of a cascade rendered as a DAG)."""
+
+    phase: str
+    output: Any
+    route: str | None
+    usage: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "output": self.output, "route": self.route, "usage": self.usage}

@@ -1,0 +1,122 @@
+"""Deterministic phases: a registered tool, a ``sql:`` file or a ``cascade:`` sub-cascade, with
+retries, timeouts, ``on_error`` and routing on the result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from airflow_llm_provider.cascades.run.base import RunnerBase
+from airflow_llm_provider.cascades.run.core import _describe
+from airflow_llm_provider.cascades.run.results import PhaseFailed
+from airflow_llm_provider.cascades.spec import Phase
+from airflow_llm_provider.cascades.tools import call_tool
+from airflow_llm_provider.cascades.usage import BudgetExceeded
+
+SQL_PREFIX = "sql:"
+SQL_TOOL_ARGUMENTS = ("conn_id", "parameters", "max_rows")
+CASCADE_PREFIX = "cascade:"
+MAX_CASCADE_DEPTH = 5
+
+
+class ToolPhaseMixin(RunnerBase):
+    """Runs tool phases and sub-cascades."""
+
+    async def _run_tool_phase(
+        self, phase: Phase, extra: Mapping[str, Any] | None = None
+    ) -> tuple[Any, str | None]:
+        from airflow_llm_provider.cascades.spec import parse_duration
+
+        arguments = self._render_value(phase.inputs or {}, extra)
+        tool = phase.tool or ""
+        function: Callable[..., Any]
+        if tool.startswith(CASCADE_PREFIX):
+
+            async def function(**child_input: Any) -> Any:
+                return await self._run_sub_cascade(tool, child_input)
+
+        elif tool.startswith(SQL_PREFIX):
+            # Other inputs are variables of the SQL template (``inputs.x``), not tool arguments.
+            sql = self._sql_file(phase, arguments, extra)
+            arguments = {k: v for k, v in arguments.items() if k in SQL_TOOL_ARGUMENTS} | {"sql": sql}
+            function = self.tools.resolve("sql_data")
+        else:
+            function = self.tools.resolve(tool)
+        retry = phase.retry
+        attempts = retry.max_attempts if retry else 1
+        timeout = parse_duration(phase.timeout) if phase.timeout is not None else None
+        last_error: BaseException | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                call = call_tool(function, arguments)
+                result = await (asyncio.wait_for(call, timeout) if timeout else call)
+                return result, self._route_of(phase, result)
+            except BudgetExceeded:
+                raise  # spending limits are final, never a tool failure to retry
+            except Exception as err:  # a tool's own failure: retried, then on_error or a failed phase
+                last_error = err
+                if attempt < attempts and retry is not None:
+                    delay = _backoff(retry.backoff, retry.backoff_base_seconds, attempt)
+                    failure = _describe(err)
+                    self._emit(
+                        f"phase {phase.name}: attempt {attempt} failed ({failure}); retry in {delay:g}s"
+                    )
+                    await asyncio.sleep(delay)
+        message = _describe(last_error)
+        if phase.on_error_target:
+            self._state["last_deterministic_error"] = message
+            self._emit(f"phase {phase.name}: failed ({message}); on_error -> {phase.on_error_target}")
+            return {"error": message}, phase.on_error_target
+        raise PhaseFailed(phase.name, f"tool '{phase.tool}' failed after {attempts} attempt(s): {message}")
+
+    async def _run_sub_cascade(self, reference: str, inputs: Mapping[str, Any]) -> Any:
+        """Run the cascade file ``reference`` names; its final output is the tool's result."""
+        from airflow_llm_provider.cascades.loader import load_cascade
+
+        if self.depth >= MAX_CASCADE_DEPTH:
+            raise RecursionError(f"sub-cascades nest deeper than {MAX_CASCADE_DEPTH} levels at '{reference}'")
+        path = (self.base_dir or Path.cwd()) / reference[len(CASCADE_PREFIX) :].strip()
+        # type(self): the assembled runner (CascadeRunner), which this concern does not import.
+        child = type(self)(load_cascade(path), self.options, parent=self, base_dir=path.parent)
+        self._emit(f"sub-cascade {child.cascade.cascade_id} ({path.name}): started")
+        try:
+            return await child.execute(inputs)  # a budget stop propagates as BudgetExceeded
+        except PhaseFailed as err:
+            raise RuntimeError(f"sub-cascade {child.cascade.cascade_id} failed: {err}") from err
+
+    def _sql_file(self, phase: Phase, arguments: Mapping[str, Any], extra: Mapping[str, Any] | None) -> str:
+        """``sql:path.sql``: the file, relative to the cascade's folder, rendered in the sandbox
+        with the run's variables and the phase's rendered inputs (values still go as parameters)."""
+        relative = phase.tool[len(SQL_PREFIX) :]  # type: ignore[index]
+        path = (self.base_dir or Path.cwd()) / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"sql file '{relative}' not found at {path}")
+        return self.render(path.read_text(), {**(extra or {}), "inputs": dict(arguments)})
+
+    @staticmethod
+    def _route_of(phase: Phase, result: Any) -> str | None:
+        if phase.routing:
+            key = None
+            if isinstance(result, Mapping):
+                key = result.get("_route", result.get("status"))
+            key = "success" if key is None else str(key)
+            if key in phase.routing:
+                return phase.routing[key]
+            if "default" in phase.routing:
+                return phase.routing["default"]
+            raise PhaseFailed(
+                phase.name, f"result route '{key}' matches no routing entry and there is no default"
+            )
+        if len(phase.handoffs) == 1:
+            return phase.handoffs[0].target
+        return None
+
+
+def _backoff(kind: str, base: float, attempt: int) -> float:
+    if kind == "none":
+        return 0.0
+    if kind == "exponential":
+        return base * (2 ** (attempt - 1))
+    return base * attempt
