@@ -273,7 +273,7 @@ class SQLiteLedger(Ledger):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self.where = f"sqlite:///{self.path}"
-        self._lock = threading.Lock()
+        self._setup_lock = threading.Lock()
         self._ready = False
 
     def __repr__(self) -> str:
@@ -294,20 +294,34 @@ class SQLiteLedger(Ledger):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # A connection per call: SQLite connections are not shareable across threads/forks,
             # and opening one costs microseconds. WAL lets the page read while tasks write.
+            if not self._ready:
+                self._set_up()
             conn = sqlite3.connect(self.path, timeout=30)
             try:
                 with conn:
-                    if not self._ready:
-                        conn.execute("PRAGMA journal_mode=WAL")
-                        for statement in self._create_table_sql():
-                            conn.execute(statement)
-                        self._ready = True
                     cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
                     return cursor.fetchall()
             finally:
                 conn.close()
         except sqlite3.Error as err:
             raise LedgerUnavailable(f"cost ledger {self.where} is unavailable: {err}") from err
+
+
+    def _set_up(self) -> None:
+        """WAL and the tables, once per process. Switching the journal mode takes an exclusive
+        lock that SQLite's busy timeout does not wait for, so threads must not race to do it."""
+        with self._setup_lock:
+            if self._ready:
+                return
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                with conn:
+                    for statement in self._create_table_sql():
+                        conn.execute(statement)
+            finally:
+                conn.close()
+            self._ready = True
 
 
 class PostgresLedger(Ledger):
