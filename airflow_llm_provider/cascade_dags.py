@@ -360,12 +360,41 @@ def plan_cascade(cascade: Cascade, dag_id: str | None = None, *, soundings_as_ta
     return DagPlan(dag_id, cascade.cascade_id, mode, tasks, note, unreachable)
 
 
+def _schedule(cascade: Cascade) -> tuple[Any, dict[str, Any]]:
+    """``airflow.schedule``, else the first enabled Windlass cron trigger (in its timezone, with
+    its ``inputs`` as the DAG's default params, which become the cascade input)."""
+    settings = cascade.airflow
+    if settings is not None and settings.schedule is not None:
+        return settings.schedule, {}
+    trigger = cascade.cron_trigger()
+    if trigger is None:
+        return None, {}
+    if trigger.timezone.upper() == "UTC":
+        return trigger.schedule, dict(trigger.inputs or {})
+    from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
+
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk import CronTriggerTimetable
+    else:
+        from airflow.timetables.trigger import CronTriggerTimetable
+
+    return CronTriggerTimetable(trigger.schedule, timezone=trigger.timezone), dict(trigger.inputs or {})
+
+
+def _schedule_text(cascade: Cascade) -> str | None:
+    if cascade.airflow is not None and cascade.airflow.schedule is not None:
+        return cascade.airflow.schedule
+    trigger = cascade.cron_trigger()
+    if trigger is None:
+        return None
+    return f"{trigger.schedule} ({trigger.timezone}, from trigger {trigger.name!r})"
+
+
 def describe_plan(plan: DagPlan, cascade: Cascade) -> str:
     """The plan as text, one task per line (``airflow-llm render``)."""
-    settings = cascade.airflow
     lines = [
         f"DAG {plan.dag_id} (cascade {plan.cascade_id}): {plan.mode}, {len(plan.tasks)} tasks",
-        f"  schedule: {settings.schedule if settings else None}",
+        f"  schedule: {_schedule_text(cascade)}",
     ]
     if plan.note:
         lines.append(f"  note: {plan.note}")
@@ -433,14 +462,14 @@ def build_cascade_dag(
     )
     settings = cascade.airflow
     tags = list(dict.fromkeys([*config.tags, *(settings.tags if settings else []), "cascade"]))
-    schedule = settings.schedule if settings else None
+    schedule, trigger_params = _schedule(cascade)
     kwargs: dict[str, Any] = {
         "dag_id": plan.dag_id,
         "start_date": _start_date((settings.start_date if settings else None) or config.start_date),
         "catchup": settings.catchup if settings else False,
         "tags": tags,
         "default_args": {**config.default_args, **(settings.default_args if settings else {})},
-        "params": dict(settings.params) if settings else {},
+        "params": {**trigger_params, **(settings.params if settings else {})},
         "description": cascade.description,
         "doc_md": _dag_doc(cascade, plan, path),
     }

@@ -153,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from airflow_llm_provider.cascades import CascadeValidationError, load_cascade
 
     try:
-        cascade = load_cascade(args.cascade)
+        cascade = load_cascade(args.cascade, tool_path=args.tool_path)
         inputs = _parse_input(args.input)
     except CascadeValidationError as err:
         print(err, file=sys.stderr)
@@ -177,6 +177,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             model_factory=hook.model_for,
             tools=airflow_tools(),
             base_dir=Path(args.cascade).resolve().parent,
+            tool_path=args.tool_path,
             model=args.model,
             declared_price=hook.declared_price(),
             cache=open_cache(args.cache),
@@ -196,7 +197,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from airflow_llm_provider.cascades.loader import check_cascade
 
     try:
-        result = check_cascade(args.cascade)
+        result = check_cascade(args.cascade, tool_path=args.tool_path)
     except Exception as exc:  # a bug of ours must still not print a traceback for a user's file
         print(f"{args.cascade}: <document>: internal error while validating: {exc!r}")
         return 2
@@ -214,6 +215,16 @@ def _cmd_render(args: argparse.Namespace) -> int:
         return 2
     print(describe_plan(plan, result.cascade))
     return 0
+
+
+def _tool_path_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tool-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="more folders with tool/validator cascades (repeatable; also AIRFLOW_LLM_TOOL_PATH)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,13 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="migration report over whole folders (recursive): per file and per blocking feature",
     )
     validate.add_argument("--json", action="store_true", help="with --report: the report as JSON")
-    validate.add_argument(
-        "--tool-path",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="more folders with tool/validator cascades (repeatable; also AIRFLOW_LLM_TOOL_PATH)",
-    )
+    _tool_path_option(validate)
     validate.set_defaults(handler=_cmd_validate)
 
     run = commands.add_parser("run", help="run a cascade in-process and print its result as JSON")
@@ -251,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--conn-id", default=None, help="LLM connection id (default: pydanticai_default)")
     run.add_argument("--model", default=None, help="model for every phase, e.g. openai-chat:gpt-4o-mini")
     run.add_argument("--cache", default=None, help="phase cache: local, dir:PATH, postgresql://..., conn:ID")
+    _tool_path_option(run)
     run.set_defaults(handler=_cmd_run)
 
     render = commands.add_parser("render", help="print the task graph a cascade renders to as a DAG")
@@ -258,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--dag-id-prefix", default="cascade_", help="prefix of DAG ids without airflow.dag_id"
     )
+    _tool_path_option(render)
     render.set_defaults(handler=_cmd_render)
     return parser
 

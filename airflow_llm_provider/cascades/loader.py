@@ -351,6 +351,8 @@ def _nested_model(annotation: Any, value: Any = None) -> tuple[str, type[BaseMod
         return "one", annotation
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _nested_model(args[0], value)
     if origin in (typing.Union, types.UnionType):
         members = [found for arg in args if (found := _nested_model(arg)) is not None]
         shapes = ("list",) if isinstance(value, list) else ("one", "dict")
@@ -369,7 +371,8 @@ def _item_model(model: type[BaseModel], attribute: str, item: dict[Any, Any]) ->
     annotation = model.model_fields[attribute].annotation
     if typing.get_origin(annotation) is not list:
         return None
-    members = typing.get_args(typing.get_args(annotation)[0])
+    members = list(typing.get_args(_unannotated(typing.get_args(annotation)[0])))
+    members = [_unannotated(member) for member in members]
     for member in members:
         if not (isinstance(member, type) and issubclass(member, BaseModel)):
             continue
@@ -377,6 +380,12 @@ def _item_model(model: type[BaseModel], attribute: str, item: dict[Any, Any]) ->
         if field is not None and item.get("type", field.default) in typing.get_args(field.annotation):
             return member
     return None
+
+
+def _unannotated(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
 
 
 def _typo_of(key: str, allowed: Mapping[str, str]) -> str | None:

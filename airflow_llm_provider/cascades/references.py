@@ -110,9 +110,16 @@ class CascadeTool:
 
 def tool_path(cascade_file: Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
     """The folders searched for tool cascades of ``cascade_file``, in order."""
+    return tool_path_of_folder(cascade_file.resolve().parent if cascade_file is not None else None, extra)
+
+
+def tool_path_of_folder(base_dir: Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
+    """The folders searched for tool cascades of a cascade in ``base_dir`` (what the engine knows
+    at run time): ``base_dir``, its sibling ``tackle/`` and ``cascades/``, ``AIRFLOW_LLM_TOOL_PATH``,
+    then ``extra``."""
     folders: list[Path] = []
-    if cascade_file is not None:
-        here = cascade_file.resolve().parent
+    if base_dir is not None:
+        here = base_dir.resolve()
         folders.append(here)
         folders.extend(here.parent / name for name in TOOL_FOLDERS)
     configured = os.environ.get(TOOL_PATH_ENV, "")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 PHASE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 END = "end"
@@ -572,7 +572,19 @@ class ManualTrigger(_Trigger):
     inputs_schema: dict[str, Any] | None = None
 
 
-Trigger = CronTrigger | SensorTrigger | WebhookTrigger | ManualTrigger
+def _trigger_kind(value: Any) -> str:
+    kind = value.get("type", "cron") if isinstance(value, dict) else getattr(value, "type", "cron")
+    return kind if kind in ("cron", "sensor", "webhook", "manual") else "cron"
+
+
+Trigger = Annotated[
+    Annotated[CronTrigger, Tag("cron")]
+    | Annotated[SensorTrigger, Tag("sensor")]
+    | Annotated[WebhookTrigger, Tag("webhook")]
+    | Annotated[ManualTrigger, Tag("manual")],
+    Discriminator(_trigger_kind),
+]
+"""A Windlass trigger, told apart by ``type`` (``cron`` when absent, as in Windlass)."""
 
 
 class Cascade(_Model):
@@ -602,6 +614,11 @@ class Cascade(_Model):
         default_factory=list, description="Shared budgets (run under Airflow): dag_run, dag_day, tag_day"
     )
     airflow: AirflowSettings | None = None
+
+    def cron_trigger(self) -> CronTrigger | None:
+        """The first enabled Windlass cron trigger: the schedule of the rendered DAG when
+        ``airflow.schedule`` is not set (Windlass's own runner ignores triggers)."""
+        return next((t for t in self.triggers if isinstance(t, CronTrigger) and t.enabled), None)
 
     def phase(self, name: str) -> Phase:
         """The phase called ``name``."""

@@ -191,7 +191,7 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
     from airflow_llm_provider.cascades.runner import RunOptions, RunRecord
     from airflow_llm_provider.cascades.spec import Budget
     from airflow_llm_provider.hooks.llm import LLMHook
-    from airflow_llm_provider.operators.cascade_tools import airflow_tools
+    from airflow_llm_provider.operators.cascade_tools import airflow_tools, configured_tool_path
 
     source = task._cascade_source()
     # What the OpenLineage methods read after execute: usage, models, winners, SQL run.
@@ -205,7 +205,8 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
         tools=airflow_tools(task.tools, on_sql=state.sql_runs.append),
         record=state.record,
         template_context=template_context(context),
-        base_dir=None if isinstance(source, Mapping) else Path(source).parent,  # for sql: files
+        base_dir=None if isinstance(source, Mapping) else Path(source).parent,  # sql:, tools by name
+        tool_path=configured_tool_path(),
         max_concurrency=task.max_concurrency,
         budget=Budget(**task.budget) if task.budget else None,
         declared_price=hook.declared_price(),

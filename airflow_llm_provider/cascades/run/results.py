@@ -3,7 +3,7 @@ per-phase trace, the results, and :class:`PhaseFailed`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +49,9 @@ class RunOptions:
     cache_max_age_seconds: float | None = None
     model_settings: Mapping[str, Any] | None = None
     base_dir: Path | None = None
+    tool_path: Sequence[str | Path] = ()
+    """More folders with tool and validator cascades, after the cascade's own (``--tool-path``,
+    ``[llm_provider] tool_path``); see ``cascades/references.py``."""
     """Folder of the cascade file: ``sql:`` tool files are read relative to it."""
     on_event: Callable[[str], None] | None = None
     """Progress lines (the operator writes them to the task log)."""
