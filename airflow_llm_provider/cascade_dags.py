@@ -373,12 +373,16 @@ def _schedule(cascade: Cascade) -> tuple[Any, dict[str, Any]]:
         return trigger.schedule, dict(trigger.inputs or {})
     from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
 
-    if AIRFLOW_V_3_0_PLUS:
+    timetable: Any
+    if AIRFLOW_V_3_0_PLUS:  # DAGs take the task SDK's timetable on Airflow 3
         from airflow.sdk import CronTriggerTimetable
-    else:
-        from airflow.timetables.trigger import CronTriggerTimetable
 
-    return CronTriggerTimetable(trigger.schedule, timezone=trigger.timezone), dict(trigger.inputs or {})
+        timetable = CronTriggerTimetable(trigger.schedule, timezone=trigger.timezone)
+    else:
+        from airflow.timetables.trigger import CronTriggerTimetable as CoreCronTriggerTimetable
+
+        timetable = CoreCronTriggerTimetable(trigger.schedule, timezone=trigger.timezone)
+    return timetable, dict(trigger.inputs or {})
 
 
 def _schedule_text(cascade: Cascade) -> str | None:
