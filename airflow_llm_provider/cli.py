@@ -161,6 +161,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: --input: {err}", file=sys.stderr)
         return 2
+    missing = None if args.allow_missing_inputs else cascade.missing_inputs(inputs)
+    if missing:
+        print(f"error: {missing}; pass it with --input (or --allow-missing-inputs)", file=sys.stderr)
+        return 2
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -256,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--conn-id", default=None, help="LLM connection id (default: pydanticai_default)")
     run.add_argument("--model", default=None, help="model for every phase, e.g. openai-chat:gpt-4o-mini")
     run.add_argument("--cache", default=None, help="phase cache: local, dir:PATH, postgresql://..., conn:ID")
+    run.add_argument(
+        "--allow-missing-inputs",
+        action="store_true",
+        help="run even when --input lacks inputs of inputs_schema (they render empty, as in Windlass)",
+    )
     _tool_path_option(run)
     run.set_defaults(handler=_cmd_run)
 

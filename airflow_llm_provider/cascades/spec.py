@@ -8,6 +8,7 @@ Cross-phase rules (references, cycles, templates) live in ``validate.py``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -614,6 +615,15 @@ class Cascade(_Model):
         default_factory=list, description="Shared budgets (run under Airflow): dag_run, dag_day, tag_day"
     )
     airflow: AirflowSettings | None = None
+
+    def missing_inputs(self, inputs: Mapping[str, Any]) -> str | None:
+        """What is missing from ``inputs`` that ``inputs_schema`` names, as one message, or None.
+        Windlass would render such inputs empty; a top-level run refuses before spending."""
+        missing = [name for name in self.inputs_schema if name not in inputs]
+        if not missing:
+            return None
+        listed = "; ".join(f"'{name}' ({self.inputs_schema[name]})" for name in missing)
+        return f"cascade {self.cascade_id} needs input {listed}"
 
     def cron_trigger(self) -> CronTrigger | None:
         """The first enabled Windlass cron trigger: the schedule of the rendered DAG when

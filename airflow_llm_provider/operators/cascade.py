@@ -150,6 +150,9 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
         from airflow_llm_provider.cascades.runner import run_cascade
 
         cascade = self._load()
+        missing = cascade.missing_inputs(self.inputs)
+        if missing:  # before any LLM call; a retry would not bring the input
+            raise AirflowFailException(f"{missing}; set it in the task's `inputs`")
         options, hook = run_options_for(self, cascade, context)
         result = run_cascade(cascade, self.inputs, options)
         summary = result.to_dict()

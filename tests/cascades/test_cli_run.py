@@ -86,3 +86,34 @@ def test_input_from_a_file_and_bad_input(tmp_path, llm_server):
     bad = _run(tmp_path, llm_server, "--input", "[1, 2]")
     assert bad.returncode == 2
     assert "--input must be a JSON object" in bad.stderr
+
+
+def test_a_missing_input_of_inputs_schema_is_refused_before_any_llm_call(tmp_path, llm_server):
+    path = tmp_path / "needs.yaml"
+    path.write_text(
+        "cascade_id: needs\ninputs_schema:\n  topic: what to write about\n"
+        "phases:\n  - {name: a, instructions: 'Write about {{ input.topic }}.'}\n"
+    )
+    env = {**os.environ, "AIRFLOW_CONN_PYDANTICAI_DEFAULT": json.dumps(llm_server.connection())}
+    refused = subprocess.run(
+        [CLI, "run", str(path), "--input", "{}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "cascade needs needs input 'topic' (what to write about)" in refused.stderr
+    assert llm_server.requests == []
+    llm_server.script(text("ok"))
+    allowed = subprocess.run(
+        [CLI, "run", str(path), "--input", "{}", "--allow-missing-inputs"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert llm_server.requests[0].text_of("system") == "Write about ."  # empty, as Windlass renders it
