@@ -20,7 +20,12 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_llm_provider.cascades.graph import is_state_machine, next_in_list, phase_dependencies
+from airflow_llm_provider.cascades.graph import (
+    is_state_machine,
+    next_in_list,
+    phase_dependencies,
+    templated_fields,
+)
 from airflow_llm_provider.cascades.spec import END, Cascade, Phase, parse_duration
 
 if TYPE_CHECKING:
@@ -195,6 +200,42 @@ def sounding_factor(phase: Phase) -> int | None:
     return factor if isinstance(factor, int) and factor > 1 else None
 
 
+def _runs_as_one(cascade: Cascade) -> str | None:
+    """Why the cascade cannot be split into one task per phase, or None. Tasks hand each other
+    phase outputs through XCom, not the run's state, memory or whole-run judgement."""
+    soundings = cascade.soundings
+    if soundings is not None and (isinstance(soundings.factor, str) or soundings.factor > 1):
+        return "it has cascade-level soundings (the whole cascade runs several times and is judged)"
+    for phase in cascade.phases:
+        if phase.output_extraction is not None:
+            return f"phase {phase.name} stores `output_extraction` in the run's state"
+        if any(ref.context_out for ref in phase.sub_cascades):
+            return f"phase {phase.name} merges a sub-cascade's state into the run's (`context_out`)"
+        for _, text in templated_fields(phase):
+            if _reads_state_beyond_outputs(text):
+                return f"phase {phase.name} reads the run's state beyond phase outputs"
+    return None
+
+
+def _reads_state_beyond_outputs(text: str) -> bool:
+    from jinja2 import nodes
+
+    from airflow_llm_provider.cascades.templates import STATE_OUTPUT_PREFIX, parse_template
+
+    try:
+        tree = parse_template(text)
+    except Exception:
+        return False
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = getattr(node, "node", None)
+        if not isinstance(target, nodes.Name) or target.name != "state":
+            continue
+        key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if not (isinstance(key, str) and key.startswith(STATE_OUTPUT_PREFIX)):
+            return True
+    return False
+
+
 def plan_cascade(cascade: Cascade, dag_id: str | None = None, *, soundings_as_tasks: bool = False) -> DagPlan:
     """The task graph a cascade renders to.
 
@@ -210,6 +251,12 @@ def plan_cascade(cascade: Cascade, dag_id: str | None = None, *, soundings_as_ta
       mapped over the attempts -> ``<phase>.evaluate`` (read by the phases downstream).
     """
     dag_id = dag_id or dag_id_for(cascade)
+    whole = _runs_as_one(cascade)
+    if whole is not None:
+        note = f"{whole}, so the whole cascade runs in one CascadeOperator task"
+        return DagPlan(
+            dag_id, cascade.cascade_id, "single", [TaskPlan(task_id="cascade", kind="cascade")], note
+        )
     needs = phase_dependencies(cascade)
     state_machine = is_state_machine(cascade)
     names = [p.name for p in cascade.phases]

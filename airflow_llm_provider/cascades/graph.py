@@ -74,6 +74,8 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
     names = [p.name for p in cascade.phases]
     index = names.index(phase.name)
     sources: list[str] = []
+    if phase.context.mode == "auto":  # it picks among every earlier phase (run/context.py)
+        sources.extend(names[:index])
     for entry in phase.context.from_:
         source = source_name(entry)
         keyword = source.lower()

@@ -233,6 +233,8 @@ class _Resolver:
         self.folders = folders
 
     def tool_known(self, name: str) -> bool:
+        if name == self.cascade.memory:  # the memory bank's search tool (run/memory.py)
+            return True
         return name in self.tools or find_cascade_tool(name, self.folders) is not None
 
     def unknown_tool(self, name: str, what: str = "tool") -> str:
@@ -258,7 +260,9 @@ def _describe_folders(folders: Sequence[Path]) -> str:
 
 def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) -> Iterator[Issue]:
     if phase.instructions is not None and phase.instructions.startswith("@"):
-        yield from _file_issue(phase.instructions[1:], base, (*at, "instructions"), "instructions file")
+        yield from _file_issue(
+            phase.instructions[1:].strip(), base, (*at, "instructions"), "instructions file", upward=True
+        )
     if phase.tool is not None:
         yield from _tool_issues(phase.tool, (*at, "tool"), base, resolver)
     if phase.tackle != [MANIFEST]:
@@ -295,9 +299,32 @@ def _tool_issues(name: str, at: FieldPath, base: Path, resolver: _Resolver) -> I
         yield at, resolver.unknown_tool(name)
 
 
-def _file_issue(relative: str, base: Path, at: FieldPath, what: str) -> Iterator[Issue]:
+def _file_issue(
+    relative: str, base: Path, at: FieldPath, what: str, *, upward: bool = False
+) -> Iterator[Issue]:
     if not relative:
         return
-    path = base / relative
-    if not path.is_file():
-        yield at, f"{what} '{relative}' not found (looked at {path})"
+    found = (
+        find_relative_file(relative, base)
+        if upward
+        else (base / relative if (base / relative).is_file() else None)
+    )
+    if found is None:
+        where = f"{base} and the folders above it" if upward else str(base / relative)
+        yield at, f"{what} '{relative}' not found (looked at {where})"
+
+
+MAX_UPWARD = 3
+"""Parent folders searched for an ``@file`` template (Windlass reads it relative to its working
+directory, usually the checkout's root a level or two above the cascade)."""
+
+
+def find_relative_file(relative: str, base: Path) -> Path | None:
+    """``relative`` from ``base``, else from up to :data:`MAX_UPWARD` of its parents."""
+    candidate = Path(relative)
+    if candidate.is_absolute():
+        return candidate if candidate.is_file() else None
+    for folder in [base, *list(base.resolve().parents)[:MAX_UPWARD]]:
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return None

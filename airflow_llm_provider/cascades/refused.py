@@ -39,27 +39,13 @@ CANNOT: dict[str, dict[str, str]] = {
 
 NOT_YET: dict[str, dict[str, str]] = {
     "Cascade": {
-        "soundings": f"cascade-level `soundings` (whole-cascade runs) {_NOT_YET}; set soundings on a phase",
-        "memory": f"`memory` (Windlass memory) {_NOT_YET}",
-        "token_budget": f"`token_budget` (Windlass context budget) {_NOT_YET}; `budget` caps a run",
-        "tool_caching": f"`tool_caching` (Windlass tool cache) {_NOT_YET}",
         "research_db": f"`research_db` (Windlass research sessions) {_NOT_YET}",
-        "auto_context": f"`auto_context` (Windlass auto context) {_NOT_YET}",
     },
     "Phase": {
         "for_each_row": f"`for_each_row` (Windlass SQL row fan-out) {_NOT_YET}; use `map_over`",
         "rag": f"`rag` (Windlass RAG) {_NOT_YET}",
         "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
         "decision_points": f"`decision_points` (Windlass human decisions) {_NOT_YET}",
-        "async_cascades": f"`async_cascades` (Windlass background cascades) {_NOT_YET}",
-        "sub_cascades": f"`sub_cascades` (Windlass child cascades) {_NOT_YET}",
-        "output_extraction": f"`output_extraction` (Windlass regex extraction) {_NOT_YET}",
-        "intra_context": f"`intra_context` (Windlass per-turn context) {_NOT_YET}",
-    },
-    "Rules": {
-        "loop_until_prompt": f"`loop_until_prompt` (Windlass) {_NOT_YET}",
-        "loop_until_silent": f"`loop_until_silent` (Windlass) {_NOT_YET}",
-        "turn_prompt": f"`turn_prompt` (Windlass follow-up turns) {_NOT_YET}",
     },
     "Soundings": {
         "reforge": f"`reforge` (Windlass iterative refinement) {_NOT_YET}",
@@ -70,9 +56,6 @@ NOT_YET: dict[str, dict[str, str]] = {
         "mutations": f"`mutations` (Windlass prompt mutations) {_NOT_YET}",
         "validator": f"`validator` (Windlass sounding pre-filter) {_NOT_YET}",
         "model_strategy": f"`model_strategy` (Windlass) {_NOT_YET}; models are used round-robin",
-    },
-    "ContextSpec": {
-        "mode": f"context `mode` (Windlass auto context) {_NOT_YET}",
     },
     "ValidatorSpec": {
         language: f"polyglot validators (`{language}`) belong in `wards` or `rules.loop_until`, not in "

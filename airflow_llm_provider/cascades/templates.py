@@ -6,7 +6,7 @@ Dependencies between phases come from the AST rather than a regex, so filters
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -89,6 +89,11 @@ def referenced_phases(source: str) -> set[str]:
         elif target.name == "state" and key.startswith(STATE_OUTPUT_PREFIX):
             found.add(key[len(STATE_OUTPUT_PREFIX) :])
     return found
+
+
+def parse_template(source: str) -> Any:
+    """The Jinja AST of ``source`` (shared environment; raises ``TemplateSyntaxError``)."""
+    return _shared_environment().parse(source)
 
 
 def undeclared_variables(source: str) -> set[str]:

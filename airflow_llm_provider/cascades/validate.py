@@ -14,7 +14,6 @@ from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, FieldPath, sou
 from airflow_llm_provider.cascades.spec import (
     AUTO_FIX,
     END,
-    MANIFEST,
     Cascade,
     Phase,
     PolyglotValidator,
@@ -44,8 +43,12 @@ LLM_ONLY = (
     "intra_context",
 )
 TOOL_ONLY = ("inputs", "routing", "retry", "timeout")
-IMPLEMENTED_POLYGLOT: frozenset[str] = frozenset()
+IMPLEMENTED_POLYGLOT: frozenset[str] = frozenset({"python", "bash", "javascript", "tool"})
 """Languages of inline validators the engine runs (the others are refused by name)."""
+_POLYGLOT_WHY = {
+    "sql": " (Windlass runs them against the session tables of its data tools, which are not here)",
+    "clojure": " (no Clojure runtime is run by the validator sandbox)",
+}
 _PYTHON_REF = re.compile(r"^python:[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 _TOOL_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 
@@ -71,7 +74,25 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
             issues.extend(_json_schema(phase.output_schema, (*at, "output_schema")))
     for name, spec in cascade.validators.items():
         issues.extend(_template(spec.instructions, ("validators", name, "instructions"), known))
+    issues.extend(_semantic_selection(cascade))
     return issues
+
+
+SEMANTIC_SELECTION = (
+    "context `selection.strategy: semantic` (Windlass embedding search over its context cards) is "
+    "not supported yet: no embedding model is configured here; use `heuristic`, `llm` or `hybrid`"
+)
+
+
+def _semantic_selection(cascade: Cascade) -> Iterator[Issue]:
+    """The one auto-context strategy the engine does not run (context.py runs the others)."""
+    inter = cascade.auto_context.inter_phase if cascade.auto_context else None
+    if inter is not None and inter.selection.strategy == "semantic":
+        yield ("auto_context", "inter_phase", "selection", "strategy"), SEMANTIC_SELECTION
+    for index, phase in enumerate(cascade.phases):
+        selection = phase.context.selection if phase.context is not None else None
+        if selection is not None and selection.strategy == "semantic":
+            yield ("phases", index, "context", "selection", "strategy"), SEMANTIC_SELECTION
 
 
 def semantic_warnings(cascade: Cascade) -> list[Issue]:
@@ -146,11 +167,6 @@ def _phase_kind(phase: Phase, at: FieldPath) -> Iterator[Issue]:
         for key in (*TOOL_ONLY, "on_error"):
             if key in given:
                 yield (*at, key), f"`{key}` applies to `tool` phases only (this is an LLM phase)"
-        if phase.tackle == [MANIFEST]:
-            yield (
-                (*at, "tackle"),
-                "`tackle: manifest` (Windlass Quartermaster tool selection) is not supported yet",
-            )
         for position, name in enumerate(phase.tackle):
             if name.startswith("cascade:"):
                 yield from _cascade_reference(name, (*at, "tackle", position))
@@ -251,7 +267,8 @@ def _phase_validators(phase: Phase, at: FieldPath) -> Iterator[Issue]:
         if isinstance(validator, PolyglotValidator) and validator.language not in IMPLEMENTED_POLYGLOT:
             yield (
                 path,
-                f"inline `{validator.language}` validators are not supported by airflow-llm-provider yet",
+                f"inline `{validator.language}` validators are not supported by airflow-llm-provider yet"
+                + _POLYGLOT_WHY.get(validator.language, ""),
             )
     if phase.wards is not None:
         for position, ward in enumerate(phase.wards.pre):

@@ -192,9 +192,42 @@ phases:
     assert (source.phase, source.include, source.as_role) == ("a", ["output", "state"], "system")
 
 
-def test_tackle_manifest_string_is_windlass_spelling_and_refused_by_name():
-    with pytest.raises(CascadeValidationError, match=r"`tackle: manifest` .* not supported yet"):
-        load({"phases": [{"name": "a", "instructions": "hi", "tackle": "manifest"}]})
+def test_tackle_manifest_string_is_windlass_spelling_and_means_the_list_form():
+    string = load(
+        {"phases": [{"name": "a", "instructions": "hi", "tackle": "manifest", "manifest_limit": 5}]}
+    )
+    listed = load({"phases": [{"name": "a", "instructions": "hi", "tackle": ["manifest"]}]})
+    assert string.phases[0].tackle == listed.phases[0].tackle == ["manifest"]
+    assert string.phases[0].manifest_limit == 5
+
+
+def test_instructions_from_a_file_are_found_next_to_the_cascade_or_above_it_and_rendered(
+    tmp_path, llm_server
+):
+    from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
+    from airflow_llm_provider.testing.openai_server import text
+
+    write(tmp_path / "prompts", "greet.j2", "Greet {{ input.name }} warmly.")
+    path = write(
+        tmp_path / "examples",
+        "greet.yaml",
+        "cascade_id: greet\nphases:\n  - name: a\n    instructions: '@prompts/greet.j2'\n",
+    )
+    cascade = load_cascade(path)
+    llm_server.script(text("Hello Ada!"))
+    result = run_cascade(
+        cascade, {"name": "Ada"}, RunOptions(model_factory=_server_models(llm_server), base_dir=path.parent)
+    )
+    assert result.status == "success", result.error
+    assert llm_server.requests[0].text_of("system") == "Greet Ada warmly."
+
+
+def _server_models(server):
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    provider = OpenAIProvider(base_url=server.base_url, api_key="sk-test")
+    return lambda name: OpenAIChatModel("m", provider=provider)
 
 
 def test_on_error_inline_fallback_is_validated_as_an_llm_phase(tmp_path):

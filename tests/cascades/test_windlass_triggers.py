@@ -66,3 +66,31 @@ def test_only_non_cron_triggers_leave_the_dag_unscheduled(tmp_path):
     path = _write(tmp_path, "  - {name: hook, type: webhook, auth: none}\n  - {name: m, type: manual}\n")
     dag = _dag(path, tmp_path)
     assert type(dag.timetable).__name__ == "NullTimetable"
+
+
+def test_what_needs_the_whole_run_renders_as_one_task(tmp_path):
+    from airflow_llm_provider.cascade_dags import plan_cascade
+    from airflow_llm_provider.cascades import load_cascade
+
+    phases = [{"name": "a", "instructions": "hi"}, {"name": "b", "instructions": "{{ outputs.a }}"}]
+    split = plan_cascade(load_cascade({"cascade_id": "x", "phases": phases}))
+    assert [t.task_id for t in split.tasks] == ["a", "b"]
+    cases = {
+        "cascade-level soundings": {"soundings": {"factor": 2}, "phases": phases},
+        "output_extraction": {
+            "phases": [
+                {"name": "a", "instructions": "hi", "output_extraction": {"pattern": "x", "store_as": "k"}},
+                phases[1],
+            ]
+        },
+        "beyond phase outputs": {
+            "phases": [
+                phases[0],
+                {"name": "b", "instructions": "{{ state.validated_output }} {{ outputs.a }}"},
+            ]
+        },
+    }
+    for reason, body in cases.items():
+        plan = plan_cascade(load_cascade({"cascade_id": "x", **body}))
+        assert [t.task_id for t in plan.tasks] == ["cascade"], reason
+        assert reason in plan.note

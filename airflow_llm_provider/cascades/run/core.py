@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_llm_provider.cascades.cache import content_hash
-from airflow_llm_provider.cascades.run.results import PhaseRun, RunOptions
+from airflow_llm_provider.cascades.run.results import PhaseFailed, PhaseRun, RunOptions
 from airflow_llm_provider.cascades.spec import Cascade, Phase
 from airflow_llm_provider.cascades.templates import is_template, sandboxed_environment
 from airflow_llm_provider.cascades.tools import ToolRegistry
@@ -79,20 +79,40 @@ class RunnerCore:
         self._input: dict[str, Any] = {}
         self._slots = asyncio.Semaphore(max(1, self.options.max_concurrency))
         self._one_at_a_time: asyncio.Lock = parent._one_at_a_time if parent else asyncio.Lock()
+        # What an LLM phase may see of the run so far (context.py): Windlass's echo history and
+        # lineage, each phase's conversation and state keys; async children the root run awaits.
+        self._history: list[dict[str, Any]] = []
+        self._lineage: list[dict[str, Any]] = []
+        self._conversations: dict[str, list[dict[str, Any]]] = {}
+        self._state_keys: dict[str, list[str]] = {}
+        self._snapshots: dict[str, Any] = {}
+        self._background: list[asyncio.Task[Any]] = parent._background if parent else []
 
     def _variables(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         variables = dict(self.options.template_context)
         variables.update({"input": self._input, "outputs": dict(self._outputs), "state": dict(self._state)})
+        variables.update({"history": list(self._history), "lineage": self._lineage_view()})
         variables.update(extra or {})
         return variables
 
     def render(self, text: str, extra: Mapping[str, Any] | None = None) -> str:
-        if not is_template(text):
-            return text
+        """Render a cascade template; ``@path`` renders the template in that file (Windlass's rule,
+        for every rendered prompt)."""
         template = self._templates.get(text)
         if template is None:  # compile each template once per run, not once per render
-            template = self._templates[text] = self._env.from_string(text)
+            source = self._template_file(text[1:]) if _is_file_reference(text) else text
+            if not is_template(source):
+                return source
+            template = self._templates[text] = self._env.from_string(source)
         return template.render(self._variables(extra))
+
+    def _template_file(self, relative: str) -> str:
+        from airflow_llm_provider.cascades.references import find_relative_file
+
+        path = find_relative_file(relative.strip(), self.base_dir or Path.cwd())
+        if path is None:
+            raise FileNotFoundError(f"template file '{relative.strip()}' not found from {self.base_dir}")
+        return path.read_text(encoding="utf-8")
 
     def _render_value(self, value: Any, extra: Mapping[str, Any] | None) -> Any:
         """Render tool inputs. A value that is one ``{{ expression }}`` keeps its native type
@@ -123,20 +143,57 @@ class RunnerCore:
         return override or self.options.model or phase.model or self.cascade.defaults.model
 
     def _model(self, name: str | None) -> Model:
-        if name not in self._models:
-            if self.options.model_factory is not None:
-                self._models[name] = self.options.model_factory(name)
-            else:
-                from pydantic_ai.models import infer_model
-
-                self._models[name] = infer_model(name or DEFAULT_MODEL)
-        model = self._models[name]
+        model = self._resolve_model(name)
         if self.record is not None:
             system, model_name = getattr(model, "system", None), getattr(model, "model_name", None)
             label = f"{system}:{model_name}" if system and model_name else str(model_name or name)
             if label not in self.record.models:
                 self.record.models.append(label)
         return model
+
+    def _resolve_model(self, name: str | None) -> Model:
+        """The model for a cascade's model id: the factory gets the id without its Windlass
+        ``::reasoning`` suffix (that suffix becomes request settings, see ``_guarded_run``)."""
+        from airflow_llm_provider.cascades.models import parse_model_id
+
+        key = parse_model_id(name).name if name else None
+        if key not in self._models:
+            if self.options.model_factory is not None:
+                self._models[key] = self.options.model_factory(key)
+            else:
+                from pydantic_ai.models import infer_model
+
+                self._models[key] = infer_model(key or DEFAULT_MODEL)
+        return self._models[key]
+
+    def _check_models(self) -> None:
+        """Resolve every model the cascade names before the first phase runs, so a model that
+        cannot be had fails the run before any call is paid for."""
+        first = self.cascade.phases[0].name
+        named: list[tuple[str, str, str | None]] = []
+        for phase in self.cascade.phases:
+            if phase.kind == "llm":
+                named.append((phase.name, "model", self._model_name(phase)))
+            elif phase.on_error_inline is not None:
+                named.append((phase.name, "on_error.model", phase.on_error_inline.get("model")))
+            soundings = phase.soundings if phase.kind == "llm" else None
+            for sounding_model in soundings.model_names if soundings else []:
+                named.append((phase.name, "soundings.models", sounding_model))
+            for key in ("evaluator_model", "aggregator_model"):
+                named.append((phase.name, f"soundings.{key}", getattr(soundings, key, None)))
+        for key in ("evaluator_model", "aggregator_model"):
+            named.append((first, f"cascade soundings.{key}", getattr(self.cascade.soundings, key, None)))
+        for name, spec in self.cascade.validators.items():
+            named.append((first, f"validators.{name}.model", spec.model))
+        for phase_name, where, model_id in named:
+            if where != "model" and model_id is None:
+                continue  # an optional model left out: the phase's own is used
+            try:
+                self._resolve_model(model_id)
+            except Exception as err:
+                raise PhaseFailed(
+                    phase_name, f"{where} '{model_id or DEFAULT_MODEL}' cannot be used: {_describe(err)}"
+                ) from err
 
     async def _guarded_run(
         self,
@@ -166,8 +223,10 @@ class RunnerCore:
                     declared=self.options.declared_price,
                 )
                 started = time.monotonic()
-                result = await agent.run(prompt, **run_kwargs)
+                result = await agent.run(prompt, **_with_model_id_settings(model, run_kwargs))
                 self._record(label, model, result, attempt=attempt, sounding=sounding, started=started)
+        if label == phase and sounding is None:  # the phase's own call: its conversation (context.py)
+            self._conversations[phase] = conversation_of(result)
         return result
 
     def _before_call(
@@ -213,11 +272,56 @@ class RunnerCore:
         if self.observer is not None:
             self.observer.after_call(self.cascade.cascade_id, record)
 
+    def _lineage_view(self) -> list[dict[str, Any]]:
+        """``lineage``: ``{phase, output}`` in the order phases finished; outputs handed in from
+        outside (a phase run alone as an Airflow task) come first."""
+        seen = {entry["phase"] for entry in self._lineage}
+        given = [{"phase": name, "output": out} for name, out in self._outputs.items() if name not in seen]
+        return given + [dict(entry) for entry in self._lineage]
+
     def _emit(self, line: str) -> None:
         if self.options.on_event is not None:
             self.options.on_event(line)
         else:
             log.info("%s", line)
+
+
+def _with_model_id_settings(model: str, run_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``run_kwargs`` with the request settings a Windlass ``::reasoning`` suffix of ``model``
+    asks for merged into ``model_settings`` (its ``extra_body`` merged key by key)."""
+    from airflow_llm_provider.cascades.models import parse_model_id
+
+    wanted = parse_model_id(model).model_settings() if "::" in model else {}
+    if not wanted:
+        return run_kwargs
+    settings = dict(run_kwargs.get("model_settings") or {})
+    settings["extra_body"] = {**(settings.get("extra_body") or {}), **wanted["extra_body"]}
+    return {**run_kwargs, "model_settings": settings}
+
+
+def conversation_of(result: Any) -> list[dict[str, Any]]:
+    """An agent run's messages as ``{role, content}`` texts (system, user, assistant, tool)."""
+    from pydantic_ai import messages as m
+
+    out: list[dict[str, Any]] = []
+    for message in result.all_messages():
+        if isinstance(message, m.ModelRequest):
+            # Instructions repeat on every request of a run: keep their first occurrence.
+            if message.instructions and not any(msg["role"] == "system" for msg in out):
+                out.append({"role": "system", "content": message.instructions})
+            for part in message.parts:
+                if isinstance(part, m.UserPromptPart) and isinstance(part.content, str):
+                    out.append({"role": "user", "content": part.content})
+                elif isinstance(part, m.ToolReturnPart):
+                    out.append({"role": "tool", "content": _to_text(part.content), "tool": part.tool_name})
+        else:
+            for part in message.parts:
+                if isinstance(part, m.TextPart) and part.content:
+                    out.append({"role": "assistant", "content": part.content})
+                elif isinstance(part, m.ToolCallPart):
+                    call = f"[tool call] {part.tool_name}({part.args_as_json_str()})"
+                    out.append({"role": "assistant", "content": call, "tool": part.tool_name})
+    return out
 
 
 def _to_text(value: Any) -> str:
@@ -232,3 +336,8 @@ def _describe(err: BaseException | None) -> str:
     if isinstance(err, TimeoutError | asyncio.TimeoutError):
         return "timed out"
     return f"{type(err).__name__}: {err}"
+
+
+def _is_file_reference(text: str) -> bool:
+    """``@prompts/x.j2``: one line, no Jinja."""
+    return text.startswith("@") and "\n" not in text.strip() and not is_template(text)

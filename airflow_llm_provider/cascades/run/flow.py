@@ -9,14 +9,14 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from airflow_llm_provider.cascades.graph import is_state_machine, next_in_list, phase_dependencies
-from airflow_llm_provider.cascades.run.base import RunnerBase
+from airflow_llm_provider.cascades.run.cascade_soundings import CascadeSoundingsMixin
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import CascadeResult, PhaseFailed, PhaseOutcome, PhaseRun
-from airflow_llm_provider.cascades.spec import END, Phase
+from airflow_llm_provider.cascades.spec import DEFAULT_MAX_PHASE_VISITS, END, Phase
 from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 
-class FlowMixin(RunnerBase):
+class FlowMixin(CascadeSoundingsMixin):
     """Walks the phases of a cascade and runs each one through its kind's concern."""
 
     # -- public -----------------------------------------------------------------------------
@@ -30,6 +30,8 @@ class FlowMixin(RunnerBase):
             error, budget_exceeded, final = str(err), True, None
         except PhaseFailed as err:
             error, final = str(err), None
+        finally:
+            await self._drain_background()  # async_cascades: the run ends after them
         status: Literal["success", "failed"] = "failed" if error else "success"
         usage = self.usage.totals().as_dict()
         self._emit(
@@ -51,6 +53,10 @@ class FlowMixin(RunnerBase):
     async def execute(self, inputs: Mapping[str, Any]) -> Any:
         """Run every phase and return the final output; raises PhaseFailed or BudgetExceeded."""
         self._input = dict(inputs)
+        self._check_models()  # an unusable model fails here, before any call is paid for
+        factor = self._cascade_soundings_factor(inputs)
+        if factor > 1:  # cascade-level soundings: whole runs, one kept (cascade_soundings.py)
+            return await self._run_cascade_soundings(inputs, factor)
         if is_state_machine(self.cascade):
             return await self._run_state_machine()
         return await self._run_dataflow()
@@ -66,6 +72,12 @@ class FlowMixin(RunnerBase):
     ) -> PhaseOutcome:
         self._prepare(inputs, outputs)
         phase = self.cascade.phase(name)
+        if self._cascade_soundings_factor(inputs) > 1:
+            raise PhaseFailed(
+                name,
+                "the cascade has cascade-level soundings (whole runs compared): it runs as one task "
+                "(CascadeOperator), not phase by phase",
+            )
         if item_index is None:
             output, route = await self._run_phase(phase)
         else:
@@ -80,6 +92,7 @@ class FlowMixin(RunnerBase):
                 raise
             except Exception as err:
                 raise PhaseFailed(name, _describe(err)) from err
+        await self._drain_background()  # async_cascades run inside this task
         return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
 
     def _prepare(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
@@ -90,15 +103,16 @@ class FlowMixin(RunnerBase):
     # -- control flow -----------------------------------------------------------------------
     async def _run_state_machine(self) -> Any:
         visits: dict[str, int] = {}
-        limit = self.cascade.max_phase_visits
+        # Cycles are legal (Windlass has no guard); a runaway loop still ends at the limit.
+        limit = self.cascade.max_phase_visits or DEFAULT_MAX_PHASE_VISITS
+        source = "" if self.cascade.max_phase_visits else ", the default; set max_phase_visits to change it"
         current: str | None = self.cascade.phases[0].name
         last: Any = None
         while current is not None and current != END:
             visits[current] = visits.get(current, 0) + 1
-            if limit is not None and visits[current] > limit:
-                raise PhaseFailed(current, f"visited more than max_phase_visits={limit} times (loop guard)")
-            if limit is None and visits[current] > 1:
-                raise PhaseFailed(current, "visited twice without max_phase_visits (loop guard)")
+            if visits[current] > limit:
+                why = f"loop guard: would run more than {limit} times (max_phase_visits={limit}{source})"
+                raise PhaseFailed(current, why)
             phase = self.cascade.phase(current)
             output, route = await self._run_phase(phase)
             last = output
@@ -134,6 +148,7 @@ class FlowMixin(RunnerBase):
         started = time.monotonic()
         self._visits[phase.name] = self._visits.get(phase.name, 0) + 1
         self._emit(f"phase {phase.name}: started ({phase.kind})")
+        self._phase_started(phase)
         try:
             if phase.map_over is not None:
                 output, route = await self._run_mapped(phase), None
@@ -151,6 +166,7 @@ class FlowMixin(RunnerBase):
             self._emit(f"phase {phase.name}: failed: {failure}")
             raise failure from err
         self._store(phase.name, output)
+        await self._phase_finished(phase, output)  # lineage, history, memory, on_end cascades
         self._trace.append(PhaseRun(phase.name, "success", time.monotonic() - started, route=route))
         self._emit(
             f"phase {phase.name}: done in {time.monotonic() - started:.2f}s"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from airflow_llm_provider.cascades.cache import CachedPhase, cache_key
 from airflow_llm_provider.cascades.run.base import RunnerBase
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe
+from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import Phase
 from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord, estimate_tokens
@@ -25,8 +25,8 @@ class LlmPhaseMixin(RunnerBase):
     async def _run_llm_phase(
         self, phase: Phase, extra: Mapping[str, Any] | None = None, label: str = ""
     ) -> tuple[Any, str | None]:
-        system = self.render(phase.instructions or "", extra)
-        user = self._user_prompt(phase, extra)
+        # Context, token budget, then sub-cascades/on_start async cascades (context.py).
+        system, user = await self._phase_prompts(phase, extra)
         model_name = self._model_name(phase)
         key = None
         if self.options.cache is not None:
@@ -47,6 +47,7 @@ class LlmPhaseMixin(RunnerBase):
                         CallRecord(phase.name, 1, model_name or DEFAULT_MODEL, 0, 0, 0, 0.0, cache_hit=True),
                     )
                 self._emit(f"phase {phase.name}{label}: answered from cache (no LLM call)")
+                self._after_accept(phase, hit.output["value"])
                 return hit.output["value"], hit.output["route"]
 
         await self._check_pre_wards(phase)
@@ -54,6 +55,7 @@ class LlmPhaseMixin(RunnerBase):
             output, route = await self._run_soundings(phase, system, user, extra, label)
         else:
             output, route = await self._attempts(phase, system, user, model_name, label)
+        self._after_accept(phase, output)
 
         route = self._llm_route(phase, route)
         if key is not None:
@@ -101,20 +103,30 @@ class LlmPhaseMixin(RunnerBase):
         label: str,
         sounding: int | None = None,
     ) -> tuple[Any, str | None]:
+        """Up to ``rules.max_attempts`` fresh conversations; a rejected one feeds its reason into
+        the next (``retry_instructions``)."""
         rules = phase.rules
         max_attempts = rules.max_attempts if rules else 1
+        system = self._with_validation_goal(phase, system)
         feedback: str | None = None
         for attempt in range(1, max_attempts + 1):
             prompt = user if feedback is None else f"{user}\n\n## Retry\n{feedback}"
             try:
-                output, route = await self._call_llm(phase, system, prompt, model_name, attempt, sounding)
+                output, route, passed = await self._call_llm(
+                    phase, system, prompt, model_name, attempt, sounding
+                )
             except _AttemptRejected as rejected:
-                feedback = rejected.feedback
+                if rejected.schema:
+                    self._state["last_schema_error"] = rejected.reason
+                if rules is not None and rules.retry_instructions:
+                    feedback = self._retry_text(phase, rejected.reason, attempt, max_attempts)
+                else:
+                    feedback = rejected.feedback
                 self._emit(
                     f"phase {phase.name}{label}: attempt {attempt}/{max_attempts} rejected: {rejected.reason}"
                 )
                 continue
-            verdict = await self._accept(phase, output, attempt, max_attempts)
+            verdict = await self._accept(phase, output, attempt, max_attempts, loop_until_passed=passed)
             if verdict is None:
                 return output, route
             feedback = verdict
@@ -129,71 +141,109 @@ class LlmPhaseMixin(RunnerBase):
         model_name: str | None,
         attempt: int,
         sounding: int | None,
-    ) -> tuple[Any, str | None]:
-        from pydantic_ai import Agent, Tool
+    ) -> tuple[Any, str | None, bool]:
+        """One attempt: up to ``rules.max_turns`` turns in one conversation. Turn 1 sends the
+        task, later turns the ``turn_prompt``; ``loop_until`` passing after a turn ends the loop.
+        Returns the last output, the chosen handoff and whether ``loop_until`` already passed."""
+        from pydantic_ai import Agent
         from pydantic_ai.exceptions import UnexpectedModelBehavior
         from pydantic_ai.usage import UsageLimits
 
         name = model_name or DEFAULT_MODEL
-        tools = [self._tackle_tool(tool_name) for tool_name in phase.tackle]
-        chosen: dict[str, str] = {}
-        targets = phase.handoff_targets
-        if len(targets) > 1 or any(h.description for h in phase.handoffs):
-            menu = "; ".join(f"{h.target}: {h.description or ''}".strip(": ") for h in phase.handoffs)
-
-            def route_to(target: str) -> str:
-                """Choose the next phase."""
-                if target not in targets:
-                    return f"'{target}' is not a valid target; choose one of {targets}"
-                chosen["target"] = target
-                return f"routing to {target}"
-
-            route_to.__doc__ = f"Choose which phase runs next. Targets: {menu}"
-            tools.append(Tool(route_to, name="route_to"))
+        # tackle (incl. manifest, cascades by id, tool_caching) and route_to: tackle.py
+        tools, chosen = await self._phase_tools(phase, system)
         output_type: Any = str
         if phase.output_schema is not None:
             from pydantic_ai import StructuredDict
 
             output_type = StructuredDict(phase.output_schema, name=f"{phase.name}_output")
         agent = Agent(
-            self._model(model_name), output_type=output_type, instructions=system or None, tools=tools
+            self._model(model_name),
+            output_type=output_type,
+            instructions=system or None,
+            tools=tools,
+            capabilities=self._history_processors(phase) or None,  # intra_context (context.py)
         )
         max_turns = phase.rules.max_turns if phase.rules else 1
-        limits = UsageLimits(request_limit=max_turns + 1 + (1 if tools else 0) * max_turns)
-        try:
-            result = await self._guarded_run(
-                agent,
-                prompt,
-                phase=phase.name,
-                label=phase.name,
-                model=name,
-                estimated_input_tokens=estimate_tokens(system) + estimate_tokens(prompt),
-                attempt=attempt,
-                sounding=sounding,
-                usage_limits=limits,
-                model_settings=cast("ModelSettings | None", self.options.model_settings),
-            )
-        except UnexpectedModelBehavior as err:
-            raise _AttemptRejected(str(err), f"Your previous answer was rejected: {err}") from err
-        except Exception as err:  # HTTP errors after the client's own retries, limits...
-            if isinstance(err, BudgetExceeded):
-                raise
-            raise PhaseFailed(phase.name, f"LLM call failed: {_describe(err)}") from err
-        output = result.output
+        # Per turn: the answer, one round of tool results, one output retry.
+        limits = UsageLimits(request_limit=2 + (1 if tools else 0))
+        history: list[Any] | None = None
+        estimated = estimate_tokens(system)
+        output: Any = None
+        passed = False
+        for turn in range(1, max_turns + 1):
+            message = prompt if turn == 1 else self._turn_prompt(phase, turn, max_turns)
+            estimated += estimate_tokens(message)
+            try:
+                result = await self._guarded_run(
+                    agent,
+                    message,
+                    phase=phase.name,
+                    label=phase.name,
+                    model=name,
+                    estimated_input_tokens=estimated,
+                    attempt=attempt,
+                    sounding=sounding,
+                    usage_limits=limits,
+                    model_settings=cast("ModelSettings | None", self.options.model_settings),
+                    message_history=history,
+                )
+            except UnexpectedModelBehavior as err:
+                raise _AttemptRejected(str(err), f"Your previous answer was rejected: {err}") from err
+            except Exception as err:  # HTTP errors after the client's own retries, limits...
+                if isinstance(err, BudgetExceeded):
+                    raise
+                raise PhaseFailed(phase.name, f"LLM call failed: {_describe(err)}") from err
+            output = result.output
+            history = result.all_messages()
+            estimated += estimate_tokens(_to_text(output))
+            if await self._turn_passes(phase, output, turn, max_turns):
+                passed = True
+                break
         if phase.output_schema is not None:
             problem = _schema_problem(output, phase.output_schema)
             if problem:
                 raise _AttemptRejected(
-                    problem, f"Your answer did not match the required JSON schema: {problem}"
+                    problem, f"Your answer did not match the required JSON schema: {problem}", schema=True
                 )
-        return output, chosen.get("target")
+        return output, chosen.get("target"), passed
+
+    async def _run_on_error_fallback(
+        self,
+        phase: Phase,
+        error: BaseException | None,
+        inputs: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """``on_error: {instructions, ...}`` of a tool phase whose tool failed after its retries:
+        the body runs as a nameless LLM phase (``<phase>_on_error``) that sees the error in
+        ``state.last_deterministic_error`` and in its prompt; its output is the phase's output."""
+        fallback = Phase.model_validate({"name": f"{phase.name}_on_error", **(phase.on_error_inline or {})})
+        message = _describe(error)
+        self._state["last_deterministic_error"] = {
+            "phase": phase.name,
+            "tool": phase.tool,
+            "error": message,
+            "inputs": dict(inputs),
+        }
+        self._emit(f"phase {phase.name}: failed ({message}); on_error -> LLM fallback {fallback.name}")
+        system = self.render(fallback.instructions or "", extra)
+        # context.from resolves relative to the tool phase's place in the cascade.
+        user = self._user_prompt(fallback.model_copy(update={"name": phase.name}), extra)
+        failure = f"## Error\nThe tool `{phase.tool}` of phase {phase.name} failed: {message}"
+        user = failure if user == "Begin." else f"{user}\n\n{failure}"
+        await self._check_pre_wards(fallback)
+        output, _ = await self._attempts(fallback, system, user, self._model_name(fallback), "")
+        self._after_accept(fallback, output)
+        return output
 
 
 class _AttemptRejected(Exception):
-    def __init__(self, reason: str, feedback: str) -> None:
+    def __init__(self, reason: str, feedback: str, *, schema: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.feedback = feedback
+        self.schema = schema
 
 
 def _schema_problem(output: Any, schema: Mapping[str, Any]) -> str | None:

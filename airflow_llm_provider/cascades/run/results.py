@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_llm_provider.cascades.cache import PhaseCache
+from airflow_llm_provider.cascades.memory import MemoryStore
 from airflow_llm_provider.cascades.spec import Budget
 from airflow_llm_provider.cascades.tools import ToolRegistry
 from airflow_llm_provider.cascades.usage import CallObserver, ModelPrice, UsageTracker
@@ -47,6 +48,9 @@ class RunOptions:
     cache_scope: str = "run"
     """Key scope: a run id lets a task retry resume; ``shared`` reuses answers across runs."""
     cache_max_age_seconds: float | None = None
+    memory: MemoryStore | None = None
+    """Where ``memory:`` banks live (``cascades.memory.open_memory``); None: a local SQLite file
+    under the phase cache's directory."""
     model_settings: Mapping[str, Any] | None = None
     base_dir: Path | None = None
     tool_path: Sequence[str | Path] = ()

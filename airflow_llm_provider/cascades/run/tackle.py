@@ -1,24 +1,109 @@
-"""Tools offered to the model in an LLM phase (``tackle``): registered callables, ``python:``
-references and sub-cascades."""
+"""Tools offered to the model in an LLM phase (``tackle``) and called by tool phases: registered
+callables, ``python:`` references, cascades by ``cascade_id`` on the tool path, ``cascade:`` files,
+the engine's ``route_to``, the Quartermaster's choice (``tackle: manifest``, manifest.py), and the
+``tool_caching`` of their results.
+
+A name resolves as in Windlass: a registered tool first, then a cascade with that ``cascade_id``
+in the tool folders (the cascade's folder, its sibling ``tackle/`` and ``cascades/``, then
+``AIRFLOW_LLM_TOOL_PATH`` and ``RunOptions.tool_path``). A cascade tool takes its
+``inputs_schema`` fields as string arguments, runs as a sub-cascade (shared usage and budget,
+depth limit) and answers with the child's final output.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from airflow_llm_provider.cascades.run.base import RunnerBase
+from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool
+from airflow_llm_provider.cascades.run.manifest import ManifestMixin
 from airflow_llm_provider.cascades.run.tool_phase import CASCADE_PREFIX
+from airflow_llm_provider.cascades.spec import MANIFEST, Phase
+from airflow_llm_provider.cascades.tool_cache import MISS, ToolCache
+from airflow_llm_provider.cascades.tools import PYTHON_PREFIX, call_tool
+
+ROUTE_TO = "route_to"
 
 
-class TackleMixin(RunnerBase):
-    """Builds the pydantic-ai tools of a phase's ``tackle`` list."""
+class TackleMixin(ManifestMixin):
+    """Builds the pydantic-ai tools of a phase and resolves tool names."""
 
-    def _tackle_tool(self, reference: str) -> Any:
-        """A tool the model may call: a registered callable, python:..., or a sub-cascade."""
+    _tool_cache: ToolCache | None = None
+
+    async def _phase_tools(self, phase: Phase, system: str) -> tuple[list[Any], dict[str, str]]:
+        """The tools of one LLM call of ``phase`` and the dict ``route_to`` writes its target into.
+
+        ``route_to`` is offered, as in Windlass, when the phase has more than one handoff or a
+        described one, and also whenever ``tackle`` lists it and the phase has handoffs; a target
+        that is not a handoff is refused with the valid ones."""
         from pydantic_ai import Tool
 
-        if not reference.startswith(CASCADE_PREFIX):
-            return Tool(self.tools.resolve(reference), name=reference.split(":")[-1].split(".")[-1])
+        names = await self._manifest_tools(phase, system) if phase.tackle == [MANIFEST] else phase.tackle
+        tools = [self._tackle_tool(name) for name in names if name != ROUTE_TO]
+        chosen: dict[str, str] = {}
+        targets = phase.handoff_targets
+        offered = len(targets) > 1 or any(h.description for h in phase.handoffs)
+        if offered or (targets and ROUTE_TO in phase.tackle):
+            menu = "; ".join(f"{h.target}: {h.description or ''}".strip(": ") for h in phase.handoffs)
+
+            def route_to(target: str) -> str:
+                """Choose the next phase."""
+                if target not in targets:
+                    return f"'{target}' is not a valid target; choose one of {targets}"
+                chosen["target"] = target
+                return f"routing to {target}"
+
+            route_to.__doc__ = f"Choose which phase runs next. Targets: {menu}"
+            tools.append(Tool(route_to, name=ROUTE_TO))
+        elif ROUTE_TO in phase.tackle:
+            self._emit(f"phase {phase.name}: `route_to` is listed but the phase has no handoffs; not offered")
+        return tools, chosen
+
+    def _tackle_tool(self, reference: str) -> Any:
+        """A tool the model may call: a registered callable, python:..., a cascade by
+        ``cascade_id`` or a ``cascade:`` file."""
+        from pydantic_ai import Tool
+
+        if reference.startswith(CASCADE_PREFIX):
+            return self._cascade_file_tool(reference)
+        tool = self._cascade_tool(reference)
+        if tool is None:
+            name = reference.split(":")[-1].split(".")[-1]
+            return Tool(self._cached_tool(reference, self.tools.resolve(reference)), name=name)
+        description = (tool.description or f"Run the cascade {tool.cascade_id}.").strip()
+        schema = {
+            "type": "object",
+            "properties": {k: {"type": "string", "description": v} for k, v in tool.inputs.items()},
+            "required": list(tool.inputs),
+        }
+        function = self._cached_tool(reference, self._resolve_tool(reference))
+        return Tool.from_schema(function, name=tool.cascade_id, description=description, json_schema=schema)
+
+    def _resolve_tool(self, name: str) -> Callable[..., Any]:
+        """The callable behind a tool name: registered or ``python:``, else a cascade on the tool
+        path by ``cascade_id`` (run as a sub-cascade); ToolNotFound otherwise."""
+        tool = self._cascade_tool(name)
+        if tool is None:
+            return self.tools.resolve(name)
+        reference = f"{CASCADE_PREFIX}{tool.path}"  # absolute: _run_sub_cascade joins it unchanged
+
+        async def run_cascade_tool(**inputs: Any) -> Any:
+            return await self._run_sub_cascade(reference, inputs)
+
+        run_cascade_tool.__name__ = tool.cascade_id
+        return run_cascade_tool
+
+    def _cascade_tool(self, name: str) -> CascadeTool | None:
+        if name in self.tools.names() or name.startswith(PYTHON_PREFIX) or ":" in name:
+            return None
+        return find_cascade_tool(name, self._tool_folders())
+
+    def _cascade_file_tool(self, reference: str) -> Any:
+        """``cascade:path.yaml`` in ``tackle``: one ``input`` object argument (our spelling)."""
+        from pydantic_ai import Tool
+
         from airflow_llm_provider.cascades.loader import load_cascade
 
         child = load_cascade((self.base_dir or Path.cwd()) / reference[len(CASCADE_PREFIX) :].strip())
@@ -31,3 +116,38 @@ class TackleMixin(RunnerBase):
             fields = ", ".join(f"{name}: {text}" for name, text in child.inputs_schema.items())
             description += f" Input fields: {fields}."
         return Tool(run_cascade_tool, name=child.cascade_id, description=description)
+
+    def _cached_tool(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` answering from ``tool_caching`` when the cascade caches ``name``'s results
+        (unchanged otherwise): a hit skips the call, a success is stored."""
+        cache = self._tool_cache_of_run()
+        if cache is None or cache.policy(name) is None:
+            return function
+        policy = cache.policy(name)
+
+        @functools.wraps(function)
+        async def cached(**arguments: Any) -> Any:
+            hit = cache.get(name, arguments)
+            if hit is not MISS:
+                self._emit(
+                    (policy.hit_message if policy else None) or f"tool {name}: answered from tool cache"
+                )
+                return hit
+            result = await call_tool(function, arguments)
+            cache.put(name, arguments, result)
+            return result
+
+        return cached
+
+    def _tool_cache_of_run(self) -> ToolCache | None:
+        config = self.cascade.tool_caching
+        if config is None or not config.enabled:
+            return None
+        if self._tool_cache is None:
+            self._tool_cache = ToolCache(config, resolve=self._resolve_tool)
+            if config.storage != "memory":
+                self._emit(
+                    f"tool_caching: storage '{config.storage}' is kept in this run's memory "
+                    "(as Windlass does; nothing is shared between runs)"
+                )
+        return self._tool_cache

@@ -41,9 +41,9 @@ class ToolPhaseMixin(RunnerBase):
             # Other inputs are variables of the SQL template (``inputs.x``), not tool arguments.
             sql = self._sql_file(phase, arguments, extra)
             arguments = {k: v for k, v in arguments.items() if k in SQL_TOOL_ARGUMENTS} | {"sql": sql}
-            function = self.tools.resolve("sql_data")
-        else:
-            function = self.tools.resolve(tool)
+            function = self._cached_tool("sql_data", self.tools.resolve("sql_data"))
+        else:  # a registered tool, python:..., or a cascade by cascade_id (tackle.py)
+            function = self._cached_tool(tool, self._resolve_tool(tool))
         retry = phase.retry
         attempts = retry.max_attempts if retry else 1
         timeout = parse_duration(phase.timeout) if phase.timeout is not None else None
@@ -69,6 +69,9 @@ class ToolPhaseMixin(RunnerBase):
             self._state["last_deterministic_error"] = message
             self._emit(f"phase {phase.name}: failed ({message}); on_error -> {phase.on_error_target}")
             return {"error": message}, phase.on_error_target
+        if phase.on_error_inline is not None:  # an LLM fallback answers instead; the route is unchanged
+            output = await self._run_on_error_fallback(phase, last_error, arguments, extra)
+            return output, self._route_of(phase, output)
         raise PhaseFailed(phase.name, f"tool '{phase.tool}' failed after {attempts} attempt(s): {message}")
 
     async def _run_sub_cascade(self, reference: str, inputs: Mapping[str, Any]) -> Any:
