@@ -306,7 +306,6 @@ class SQLiteLedger(Ledger):
         except sqlite3.Error as err:
             raise LedgerUnavailable(f"cost ledger {self.where} is unavailable: {err}") from err
 
-
     def _set_up(self) -> None:
         """WAL and the tables, once per process. Switching the journal mode takes an exclusive
         lock that SQLite's busy timeout does not wait for, so threads must not race to do it."""
