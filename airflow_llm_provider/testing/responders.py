@@ -2,19 +2,23 @@
 that answer any request without a script, for conformance runs over many cascades.
 
 :func:`schema_valid_reply` answers a structured-output request with the smallest object its JSON
-Schema accepts, and anything else with the text ``1`` (which also reads as a soundings judge's
-pick). It never calls the cascade's tools. Every answer is synthetic by construction: use it to
+Schema accepts; a prompt that asks for the validator protocol (a JSON object with ``"valid"`` and
+``"reason"``, as Windlass's validator cascades do) with ``{"valid": true, "reason": ...}``; and
+anything else with the text ``1`` (which also reads as a soundings judge's pick). It never calls
+the cascade's tools. Every answer is synthetic by construction: use it to
 check that cascades *run* (control flow, templates, schemas), never as a model's answer.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from airflow_llm_provider.testing.openai_server import RecordedRequest, Reply, structured, text
 
 OUTPUT_TOOL_PREFIX = "final_result"
+_VALIDATOR_PROTOCOL = re.compile(r"""["']valid["']\s*:.*["']reason["']""", re.DOTALL)
 _PATTERN_CANDIDATES = (
     "a@example.com",
     "x",
@@ -42,6 +46,8 @@ def schema_valid_reply(request: RecordedRequest) -> Reply:
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
         schema = response_format.get("json_schema", {}).get("schema") or {}
         return structured(minimal_instance(schema, schema))
+    if _VALIDATOR_PROTOCOL.search(request.text_of("system") + "\n" + request.text_of("user")):
+        return text(json.dumps({"valid": True, "reason": "synthetic answer of the conformance responder"}))
     return text("1")
 
 
