@@ -197,6 +197,13 @@ def sounding_factor(phase: Phase) -> int | None:
     if phase.kind != "llm" or phase.map_over is not None or soundings is None:
         return None
     factor = soundings.factor
+    # Cost-aware and Pareto picks need each attempt's cost, which only one task running them all
+    # has (reforge, the pre-filter and mutations work in the evaluate/attempt tasks).
+    judged_by_cost = (soundings.cost_aware_evaluation, soundings.pareto_frontier)
+    if any(option is not None and option.enabled for option in judged_by_cost):
+        return None
+    if isinstance(factor, int) and factor > 1 and isinstance(soundings.models, dict):
+        factor = sum(config.factor for config in soundings.models.values())  # as the engine counts
     return factor if isinstance(factor, int) and factor > 1 else None
 
 

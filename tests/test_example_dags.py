@@ -45,9 +45,13 @@ def test_example_without_llm_uses_the_test_model_and_marks_it(dag_runner):
 
 
 def _triage_responder(request):
+    from airflow_llm_provider.cascades.run.mutations import REWRITER
     from airflow_llm_provider.testing.openai_server import structured, text
 
     system = request.text_of("system")
+    if system == REWRITER:  # soundings' `mutate` (on by default, as in Windlass) rewrites drafts 2-3
+        prompt = request.text_of("user").split("## The prompt\n", 1)[1].split("\n\n## How to rewrite", 1)[0]
+        return text(f"{prompt}\nOpen with a warm greeting.")
     if "triage support tickets" in system:
         return structured({"category": "billing", "urgency": "high", "summary": "charged twice"})
     if "Pick the reply" in system:
@@ -67,7 +71,7 @@ def test_support_triage_maps_one_cascade_per_ticket(dag_runner, llm_server, airf
         assert answer["status"] == "success"
         assert answer["outputs"]["classify"]["category"] == "billing"
         assert answer["final"].startswith("Dear customer")
-        assert answer["usage"]["requests"] == 5  # classify + 3 drafts + evaluator
+        assert answer["usage"]["requests"] == 7  # classify + 2 prompt rewrites + 3 drafts + evaluator
         drafts = [r for r in llm_server.requests if f"reply to {customer}" in r.text_of("system")]
         assert len(drafts) == 3
 

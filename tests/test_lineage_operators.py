@@ -51,6 +51,7 @@ phases:
       {{{{ outputs.totals | tojson }}}}
     soundings:
       factor: 2
+      mutate: false  # no prompt-rewrite calls: two soundings and the evaluator
       evaluator_instructions: "{EVALUATOR_PROMPT}"
 """
 LOAD_SQL = (

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow_llm_provider.cascades.spec import Cascade, ContextSource, Phase
-from airflow_llm_provider.cascades.templates import referenced_phases
+from airflow_llm_provider.cascades.templates import STATE_OUTPUT_PREFIX, parse_template, referenced_phases
 
 FieldPath = tuple[str | int, ...]
 CONTEXT_KEYWORDS = frozenset({"all", "first", "previous", "prev"})
@@ -92,17 +92,37 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
 
 
 def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
-    """Phase name -> the phases whose outputs it reads."""
+    """Phase name -> the phases whose outputs it reads. A phase reading other state keys
+    (``state.x``, written at run time by ``set_state`` and the engine) waits for every phase
+    listed before it: any of them may write the key, and Windlass runs them in that order."""
     graph: dict[str, set[str]] = {}
-    for phase in cascade.phases:
+    names = [p.name for p in cascade.phases]
+    for index, phase in enumerate(cascade.phases):
         needs: set[str] = set(context_sources(cascade, phase))
         for _, text in templated_fields(phase):
             needs |= referenced_phases(text)
+            if _reads_written_state(text):
+                needs |= set(names[:index])
         if phase.map_over is not None:
             needs.add(phase.map_over.split(".", 1)[0])
         needs.discard(phase.name)
         graph[phase.name] = needs
     return graph
+
+
+def _reads_written_state(source: str) -> bool:
+    """Whether a template reads ``state`` other than through ``state.output_<phase>``."""
+    from jinja2 import nodes
+
+    tree = parse_template(source)
+    names = sum(1 for node in tree.find_all(nodes.Name) if node.name == "state")
+    outputs = 0
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = getattr(node, "node", None)
+        key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(target, nodes.Name) and target.name == "state":
+            outputs += isinstance(key, str) and key.startswith(STATE_OUTPUT_PREFIX)
+    return names > outputs
 
 
 def is_state_machine(cascade: Cascade) -> bool:

@@ -28,8 +28,8 @@ Issue = tuple[FieldPath, str]
 TOOL_PATH_ENV = "AIRFLOW_LLM_TOOL_PATH"
 TOOL_FOLDERS = ("tackle", "cascades")
 """Siblings of a cascade's folder searched for tool cascades, as Windlass's ``tackle_dirs``."""
-ENGINE_TOOLS = frozenset({"route_to"})
-"""Tools the engine itself offers (``route_to`` on phases with handoffs)."""
+ENGINE_TOOLS = frozenset({"route_to", "set_state"})
+"""Tools the engine itself offers (``route_to`` on phases with handoffs, ``set_state``)."""
 _SUFFIXES = (".yaml", ".yml", ".json")
 _MAX_INDEXED_FILES = 2000
 """A tool folder larger than this is a mistake (e.g. a data folder); we stop indexing there."""

@@ -48,14 +48,7 @@ NOT_YET: dict[str, dict[str, str]] = {
         "decision_points": f"`decision_points` (Windlass human decisions) {_NOT_YET}",
     },
     "Soundings": {
-        "reforge": f"`reforge` (Windlass iterative refinement) {_NOT_YET}",
         "evaluator": f"`evaluator` (Windlass human/hybrid evaluation) {_NOT_YET}",
-        "pareto_frontier": f"`pareto_frontier` (Windlass) {_NOT_YET}",
-        "cost_aware_evaluation": f"`cost_aware_evaluation` (Windlass) {_NOT_YET}",
-        "mutation_mode": f"`mutation_mode` (Windlass prompt mutations) {_NOT_YET}",
-        "mutations": f"`mutations` (Windlass prompt mutations) {_NOT_YET}",
-        "validator": f"`validator` (Windlass sounding pre-filter) {_NOT_YET}",
-        "model_strategy": f"`model_strategy` (Windlass) {_NOT_YET}; models are used round-robin",
     },
     "ValidatorSpec": {
         language: f"polyglot validators (`{language}`) belong in `wards` or `rules.loop_until`, not in "
@@ -78,6 +71,11 @@ WARNED: dict[str, dict[str, str]] = {
         "feedback mid-phase on Airflow, which is how the phase runs in Windlass when nobody does",
     },
     "Wards": {"turn": "`turn` wards are ignored, as in Windlass, which never runs them"},
+    "Soundings": {
+        key: f"`{key}` only configures human judging (`evaluator: human|hybrid`), which is not "
+        "supported yet; ignored"
+        for key in ("human_eval", "llm_prefilter", "llm_prefilter_instructions")
+    },
 }
 """Model name -> key accepted with a warning -> message."""
 

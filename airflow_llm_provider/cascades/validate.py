@@ -70,6 +70,7 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
         issues.extend(_phase_references(phase, at, known))
         issues.extend(_phase_templates(phase, at, known))
         issues.extend(_phase_validators(phase, at))
+        issues.extend(_interactive_pareto(phase, at))
         if phase.output_schema is not None:
             issues.extend(_json_schema(phase.output_schema, (*at, "output_schema")))
     for name, spec in cascade.validators.items():
@@ -258,6 +259,19 @@ def _template(text: str, path: FieldPath, known: set[str]) -> Iterator[Issue]:
         return
     for name in sorted(references - known):
         yield path, f"template reads {_unknown(name, known)}"
+
+
+INTERACTIVE_PARETO = (
+    "`pareto_frontier.policy: interactive` asks a person at the terminal to pick the winner, which "
+    "an Airflow task cannot do; use `prefer_cheap`, `prefer_quality` or `balanced`"
+)
+
+
+def _interactive_pareto(phase: Phase, at: FieldPath) -> Iterator[Issue]:
+    """The one Pareto policy that needs a human (soundings.py/judging.py run the others)."""
+    pareto = phase.soundings.pareto_frontier if phase.soundings is not None else None
+    if pareto is not None and pareto.enabled and pareto.policy == "interactive":
+        yield (*at, "soundings", "pareto_frontier", "policy"), INTERACTIVE_PARETO
 
 
 def _phase_validators(phase: Phase, at: FieldPath) -> Iterator[Issue]:

@@ -212,8 +212,9 @@ class CascadeSoundingOperator(CascadePhaseOperator):
     "route": None, "usage"}`` so the evaluate task judges the attempts that succeeded. A budget
     stop still fails the task (and so the phase).
 
-    :param sounding: the attempt's index (0-based); it picks the model round robin over
-        ``soundings.models`` and, with ``mutate``, the prompt hint.
+    :param sounding: the attempt's index (0-based); it decides the attempt's model (as
+        ``soundings.models``/``model_strategy`` assign them), its ``sounding_index`` in the
+        instructions and its prompt mutation (``mutate``, on by default as in Windlass).
     """
 
     def __init__(self, *, sounding: int = 0, **kwargs: Any) -> None:

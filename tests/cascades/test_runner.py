@@ -106,6 +106,7 @@ def test_soundings_run_in_parallel_and_the_evaluator_picks_the_winner(llm_server
                 "soundings": {
                     "factor": 3,
                     "max_parallel": 3,
+                    "mutate": False,  # no rewrite calls: three drafts and the evaluator only
                     "evaluator_instructions": "Pick the best tagline.",
                 },
             }
@@ -493,7 +494,13 @@ def test_mutate_varies_the_prompt_of_later_soundings_only(llm_server):
             {
                 "name": "write",
                 "instructions": "Write a tagline.",
-                "soundings": {"factor": 3, "mutate": True, "evaluator_instructions": "Pick one."},
+                # approach: a strategy appended (the default rewrite mode costs an LLM call)
+                "soundings": {
+                    "factor": 3,
+                    "mutate": True,
+                    "mutation_mode": "approach",
+                    "evaluator_instructions": "Pick one.",
+                },
             }
         ]
     )
@@ -624,6 +631,7 @@ def test_aggregate_mode_merges_soundings_and_counts_the_aggregator(llm_server):
                 "soundings": {
                     "factor": 2,
                     "mode": "aggregate",
+                    "mutate": False,  # no rewrite call: two drafts and the aggregator only
                     "aggregator_instructions": "Merge the drafts.",
                 },
             }

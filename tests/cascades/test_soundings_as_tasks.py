@@ -15,6 +15,7 @@ from airflow_llm_provider.cascades.runner import PhaseFailed, RunOptions, judge_
 from airflow_llm_provider.testing.openai_server import error, structured, text
 from tests.cascades.test_runner import server_models
 
+HINT_ANGLE = "Take a different angle from the most obvious answer."
 HINT_CONCISE = "Be as concise as possible."
 
 
@@ -29,6 +30,9 @@ def _cascade(**soundings) -> dict:
                 "soundings": {
                     "factor": 3,
                     "mutate": True,
+                    # our hints appended to soundings 2 and 3 (no rewrite call per attempt)
+                    "mutation_mode": "approach",
+                    "mutations": [HINT_ANGLE, HINT_CONCISE],
                     "models": ["openai-chat:gpt-a", "openai-chat:gpt-b"],
                     "evaluator_instructions": "Pick the best draft.",
                     **soundings,

@@ -42,6 +42,7 @@ class RunnerBase(RunnerCore):
             model_name: str | None,
             label: str,
             sounding: int | None = None,
+            settings: Mapping[str, Any] | None = None,
         ) -> tuple[Any, str | None]: ...
 
         @staticmethod

@@ -89,7 +89,10 @@ class RunnerCore:
         self._background: list[asyncio.Task[Any]] = parent._background if parent else []
 
     def _variables(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        variables = dict(self.options.template_context)
+        # Outside a sounding, Windlass renders sounding_index 0, sounding_factor 1, is_sounding
+        # false; a sounding passes its own in ``extra`` (soundings.py).
+        variables: dict[str, Any] = {"sounding_index": 0, "sounding_factor": 1, "is_sounding": False}
+        variables.update(self.options.template_context)
         variables.update({"input": self._input, "outputs": dict(self._outputs), "state": dict(self._state)})
         variables.update({"history": list(self._history), "lineage": self._lineage_view()})
         variables.update(extra or {})

@@ -12,6 +12,7 @@ from airflow_llm_provider.cascades.cache import CachedPhase, cache_key
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
+from airflow_llm_provider.cascades.run.state_tools import recording_state_writes
 from airflow_llm_provider.cascades.spec import Phase
 from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord, estimate_tokens
 
@@ -47,15 +48,17 @@ class LlmPhaseMixin(RunnerBase):
                         CallRecord(phase.name, 1, model_name or DEFAULT_MODEL, 0, 0, 0, 0.0, cache_hit=True),
                     )
                 self._emit(f"phase {phase.name}{label}: answered from cache (no LLM call)")
+                self._state.update(hit.output.get("state") or {})  # its set_state writes (state_tools.py)
                 self._after_accept(phase, hit.output["value"])
                 return hit.output["value"], hit.output["route"]
 
-        await self._check_pre_wards(phase)
-        if phase.soundings is not None and self._sounding_factor(phase, extra) > 1:
-            output, route = await self._run_soundings(phase, system, user, extra, label)
-        else:
-            output, route = await self._attempts(phase, system, user, model_name, label)
-        self._after_accept(phase, output)
+        with recording_state_writes(self._state) as written:  # kept with a cached answer
+            await self._check_pre_wards(phase)
+            if phase.soundings is not None and self._sounding_factor(phase, extra) > 1:
+                output, route = await self._run_soundings(phase, system, user, extra, label)
+            else:
+                output, route = await self._attempts(phase, system, user, model_name, label)
+            self._after_accept(phase, output)
 
         route = self._llm_route(phase, route)
         if key is not None:
@@ -63,7 +66,7 @@ class LlmPhaseMixin(RunnerBase):
             await self._cache_put(
                 key,
                 CachedPhase(
-                    output={"value": output, "route": route},
+                    output={"value": output, "route": route, "state": written},
                     model=model_name,
                     usage=spent.as_dict() if spent else {},
                     created_at=time.time(),
@@ -102,9 +105,11 @@ class LlmPhaseMixin(RunnerBase):
         model_name: str | None,
         label: str,
         sounding: int | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> tuple[Any, str | None]:
         """Up to ``rules.max_attempts`` fresh conversations; a rejected one feeds its reason into
-        the next (``retry_instructions``)."""
+        the next (``retry_instructions``). ``settings``: model settings of this call over the run's
+        (a sounding's model from ``soundings.models`` with its temperature/max_tokens)."""
         rules = phase.rules
         max_attempts = rules.max_attempts if rules else 1
         system = self._with_validation_goal(phase, system)
@@ -113,7 +118,7 @@ class LlmPhaseMixin(RunnerBase):
             prompt = user if feedback is None else f"{user}\n\n## Retry\n{feedback}"
             try:
                 output, route, passed = await self._call_llm(
-                    phase, system, prompt, model_name, attempt, sounding
+                    phase, system, prompt, model_name, attempt, sounding, settings
                 )
             except _AttemptRejected as rejected:
                 if rejected.schema:
@@ -141,6 +146,7 @@ class LlmPhaseMixin(RunnerBase):
         model_name: str | None,
         attempt: int,
         sounding: int | None,
+        settings: Mapping[str, Any] | None = None,
     ) -> tuple[Any, str | None, bool]:
         """One attempt: up to ``rules.max_turns`` turns in one conversation. Turn 1 sends the
         task, later turns the ``turn_prompt``; ``loop_until`` passing after a turn ends the loop.
@@ -185,7 +191,12 @@ class LlmPhaseMixin(RunnerBase):
                     attempt=attempt,
                     sounding=sounding,
                     usage_limits=limits,
-                    model_settings=cast("ModelSettings | None", self.options.model_settings),
+                    model_settings=cast(
+                        "ModelSettings | None",
+                        {**(self.options.model_settings or {}), **settings}
+                        if settings
+                        else self.options.model_settings,
+                    ),
                     message_history=history,
                 )
             except UnexpectedModelBehavior as err:

@@ -19,6 +19,12 @@ from typing import Any
 
 from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool
 from airflow_llm_provider.cascades.run.manifest import ManifestMixin
+from airflow_llm_provider.cascades.run.state_tools import (
+    SET_STATE,
+    STATE_TOOLS,
+    set_state_function,
+    state_tool,
+)
 from airflow_llm_provider.cascades.run.tool_phase import CASCADE_PREFIX
 from airflow_llm_provider.cascades.spec import MANIFEST, Phase
 from airflow_llm_provider.cascades.tool_cache import MISS, ToolCache
@@ -68,6 +74,8 @@ class TackleMixin(ManifestMixin):
 
         if reference.startswith(CASCADE_PREFIX):
             return self._cascade_file_tool(reference)
+        if reference in STATE_TOOLS and reference not in self.tools.names():
+            return state_tool(reference, self._state)  # engine built-in (state_tools.py)
         tool = self._cascade_tool(reference)
         if tool is None:
             name = reference.split(":")[-1].split(".")[-1]
@@ -83,7 +91,10 @@ class TackleMixin(ManifestMixin):
 
     def _resolve_tool(self, name: str) -> Callable[..., Any]:
         """The callable behind a tool name: registered or ``python:``, else a cascade on the tool
-        path by ``cascade_id`` (run as a sub-cascade); ToolNotFound otherwise."""
+        path by ``cascade_id`` (run as a sub-cascade); ToolNotFound otherwise. The engine's
+        ``set_state`` comes right after registered tools (Windlass's built-ins are registered)."""
+        if name in STATE_TOOLS and name not in self.tools.names():
+            return set_state_function(self._state)
         tool = self._cascade_tool(name)
         if tool is None:
             return self.tools.resolve(name)
@@ -121,8 +132,8 @@ class TackleMixin(ManifestMixin):
         """``function`` answering from ``tool_caching`` when the cascade caches ``name``'s results
         (unchanged otherwise): a hit skips the call, a success is stored."""
         cache = self._tool_cache_of_run()
-        if cache is None or cache.policy(name) is None:
-            return function
+        if cache is None or cache.policy(name) is None or getattr(function, "__name__", "") == SET_STATE:
+            return function  # a cached set_state would skip its write
         policy = cache.policy(name)
 
         @functools.wraps(function)
