@@ -46,3 +46,9 @@ def test_minimal_instance_follows_refs_and_unions():
         "anyOf": [{"type": "null"}, {"$ref": "#/$defs/P"}],
     }
     assert minimal_instance(schema, schema) == {"n": 2}
+    loose = {
+        "type": "object",
+        "required": ["a"],
+        "properties": {"t": {"type": "string", "pattern": "^\\d{4}-\\d{2}-\\d{2}T"}},
+    }
+    assert minimal_instance(loose, loose) == {"t": "2024-01-01T00:00:00Z", "a": "x"}

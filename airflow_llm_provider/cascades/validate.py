@@ -76,6 +76,14 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
     for name, spec in cascade.validators.items():
         issues.extend(_template(spec.instructions, ("validators", name, "instructions"), known))
     issues.extend(_semantic_selection(cascade))
+    if cascade.soundings is not None and cascade.soundings.reforge is not None:
+        issues.append(
+            (
+                ("soundings", "reforge"),
+                "`reforge` of cascade-level soundings is not supported by airflow-llm-provider yet "
+                "(phase-level `reforge` is)",
+            )
+        )
     return issues
 
 

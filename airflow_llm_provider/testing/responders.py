@@ -25,6 +25,7 @@ _PATTERN_CANDIDATES = (
     "A",
     "1",
     "abc",
+    "2024-01-01T00:00:00Z",
     "2024-01-01",
     "https://example.com",
     "+1-555-0100",
@@ -78,7 +79,10 @@ def minimal_instance(schema: Any, root: Any, depth: int = 0) -> Any:
         kind = "object" if "properties" in schema else "string"
     if kind == "object":
         properties = schema.get("properties", {})
-        return {name: minimal_instance(sub, root, depth + 1) for name, sub in properties.items()}
+        value = {name: minimal_instance(sub, root, depth + 1) for name, sub in properties.items()}
+        for name in schema.get("required", []):  # required but not described: any value
+            value.setdefault(name, "x")
+        return value
     if kind == "array":
         count = max(1, int(schema.get("minItems", 1)))
         return [minimal_instance(schema.get("items", {}), root, depth + 1) for _ in range(count)]
