@@ -265,6 +265,13 @@ def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) 
         )
     if phase.tool is not None:
         yield from _tool_issues(phase.tool, (*at, "tool"), base, resolver)
+        if phase.tool == "sql_data" and "query" in (phase.inputs or {}) and "sql" not in (phase.inputs or {}):
+            yield (
+                (*at, "tool"),
+                "Windlass built-in tool 'sql_data' is not available in airflow-llm-provider yet with "
+                "Windlass's arguments (query, connection, limit, materialize); ours is "
+                "sql_data(conn_id, sql, parameters, max_rows)",
+            )
     if phase.tackle != [MANIFEST]:
         for position, name in enumerate(phase.tackle):
             yield from _tool_issues(name, (*at, "tackle", position), base, resolver)

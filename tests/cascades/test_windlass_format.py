@@ -392,3 +392,22 @@ def test_reforge_of_cascade_level_soundings_is_refused_by_name_before_a_run():
         CascadeValidationError, match=r"soundings\.reforge: `reforge` of cascade-level soundings"
     ):
         load(body)
+
+
+def test_windlass_sql_data_arguments_are_refused_by_name_ours_pass(tmp_path):
+    windlass = write(
+        tmp_path,
+        "w.yaml",
+        "cascade_id: w\nphases:\n  - name: a\n    tool: sql_data\n    inputs: {query: select 1}\n",
+    )
+    [(_, field, message)] = issues_of(windlass)
+    assert (
+        field == "phases[0].tool"
+        and "Windlass's arguments (query, connection, limit, materialize)" in message
+    )
+    ours = write(
+        tmp_path,
+        "o.yaml",
+        "cascade_id: o\nphases:\n  - name: a\n    tool: sql_data\n    inputs: {conn_id: db, sql: select 1}\n",
+    )
+    assert issues_of(ours) == []
