@@ -238,13 +238,17 @@ class PostgresCache:
             self._table_ready = True
         return self._conn
 
+    columns = (
+        "key text PRIMARY KEY, output jsonb, model text, usage jsonb, created_at double precision NOT NULL"
+    )
+    """The table's column definitions (subclasses that keep other rows set their own)."""
+
     def _create_table(self, conn: Any) -> None:
         from psycopg2 import errors, sql
 
-        statement = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, output jsonb, model text, "
-            "usage jsonb, created_at double precision NOT NULL)"
-        ).format(sql.Identifier(self.table))
+        statement = sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + self.columns + ")").format(
+            sql.Identifier(self.table)
+        )
         try:
             with conn.cursor() as cur:
                 cur.execute(statement)

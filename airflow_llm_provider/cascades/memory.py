@@ -117,18 +117,10 @@ class LocalMemoryStore:
 class _MemoryTable(PostgresCache):
     """The phase cache's connection handling (reconnects, password-free errors) on another table."""
 
-    def _create_table(self, conn: Any) -> None:
-        from psycopg2 import errors, sql
-
-        statement = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, bank text NOT NULL, "
-            "message jsonb NOT NULL, created_at double precision NOT NULL)"
-        ).format(sql.Identifier(self.table))
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-        except (errors.UniqueViolation, errors.DuplicateTable):
-            pass  # another worker created it at the same moment
+    columns = (
+        "id bigserial PRIMARY KEY, bank text NOT NULL, message jsonb NOT NULL, "
+        "created_at double precision NOT NULL"
+    )
 
 
 class PostgresMemoryStore:

@@ -164,7 +164,7 @@ async def run_validator_code(
                 json.dumps({"code": code, "content": content, "original_input": original_input}, default=str)
             )
         return await _run(
-            [sys.executable, "-I", "-S", "-c", _LAUNCHER],
+            [_interpreter(), "-I", "-S", "-c", _LAUNCHER],
             json.dumps(request, default=str),
             env,
             workdir,
@@ -172,6 +172,12 @@ async def run_validator_code(
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _interpreter() -> str:
+    """The base Python, not a virtualenv's: the child needs the standard library only, and a
+    virtualenv (e.g. a checkout under /tmp) may be hidden by the sandbox's private /tmp."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
 def _runtime(name: str) -> str:
@@ -244,6 +250,15 @@ def bubblewrap_available() -> bool:
     return _BWRAP_WORKS
 
 
+def _visible_again(prefix: Path) -> list[str]:
+    """Re-expose (read-only) the Python installation if it lives under /tmp, which the sandbox
+    replaces with an empty folder."""
+    resolved = prefix.resolve()
+    if resolved == Path("/tmp") or Path("/tmp") in resolved.parents:
+        return ["--ro-bind", str(resolved), str(resolved)]
+    return []
+
+
 def _bwrap(workdir: Path) -> list[str]:
     if not bubblewrap_available():
         return []
@@ -258,6 +273,7 @@ def _bwrap(workdir: Path) -> list[str]:
         "/proc",
         "--tmpfs",
         "/tmp",
+        *_visible_again(Path(sys.base_prefix)),
         "--bind",
         str(workdir),
         str(workdir),

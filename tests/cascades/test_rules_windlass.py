@@ -19,19 +19,7 @@ from airflow_llm_provider.cascades.errors import CascadeValidationError
 from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
 from airflow_llm_provider.cascades.sandbox import run_validator_code
 from airflow_llm_provider.testing.openai_server import structured, text
-
-
-def server_models(server):
-    """A model factory pointing every model string at the scripted server."""
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
-
-    provider = OpenAIProvider(base_url=server.base_url, api_key="sk-test")
-
-    def factory(name: str | None):
-        return OpenAIChatModel((name or "gpt-4o-mini").split(":")[-1], provider=provider)
-
-    return factory
+from tests.support.models import server_models
 
 
 def cascade(**body):
@@ -543,11 +531,23 @@ def test_with_bubblewrap_inline_code_has_no_network_and_a_read_only_root():
 
     if not bubblewrap_available():
         pytest.skip("bwrap is not installed or cannot sandbox here")
-    target = Path(__file__).with_name("bwrap_probe.txt")  # outside /tmp: on the read-only root
+    import errno
+    import os
+    import socket
+
+    # On the read-only root and never under /tmp (the sandbox has a private one), wherever the
+    # checkout lives.
+    target = Path("/var/tmp") / f"alp_bwrap_probe_{os.getpid()}.txt"
+    # A listener on this machine's loopback: reachable from here, not from the sandbox's own
+    # network namespace. No traffic leaves the machine.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
     code = (
         "import socket\n"
         "try:\n"
-        "    socket.create_connection(('192.0.2.1', 80), timeout=2)\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
         "    net = 'connected'\n"
         "except OSError as err:\n"
         "    net = str(err.errno)\n"
@@ -559,9 +559,13 @@ def test_with_bubblewrap_inline_code_has_no_network_and_a_read_only_root():
         "result = {'valid': True, 'reason': net + ' ' + disk}\n"
     )
     try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # the control: reachable here
         ran = asyncio.run(run_validator_code("python", code, "", {}))
-        assert json.loads(ran.stdout)["result"]["reason"] == "101 30"  # ENETUNREACH, EROFS
+        net, disk = json.loads(ran.stdout)["result"]["reason"].split()
+        assert net != "connected" and int(net) in (errno.ECONNREFUSED, errno.ENETUNREACH)
+        assert int(disk) == errno.EROFS
     finally:
+        listener.close()
         target.unlink(missing_ok=True)
     assert not target.exists()
 

@@ -15,19 +15,7 @@ from airflow_llm_provider.cascades.cache import LocalDirectoryCache
 from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
 from airflow_llm_provider.cascades.usage import ModelPrice
 from airflow_llm_provider.testing.openai_server import error, structured, text
-
-
-def server_models(server):
-    """A model factory pointing every model string at the scripted server."""
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
-
-    provider = OpenAIProvider(base_url=server.base_url, api_key="sk-test")
-
-    def factory(name: str | None):
-        return OpenAIChatModel((name or "gpt-4o-mini").split(":")[-1], provider=provider)
-
-    return factory
+from tests.support.models import server_models
 
 
 def cascade(**body):

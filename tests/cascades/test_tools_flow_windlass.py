@@ -14,21 +14,7 @@ from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
 from airflow_llm_provider.cascades.spec import DEFAULT_MAX_PHASE_VISITS, ToolCaching
 from airflow_llm_provider.cascades.tool_cache import MISS, ToolCache
 from airflow_llm_provider.testing.openai_server import Reply, structured, text, tool_call
-
-
-def server_models(server, asked: list | None = None):
-    """A model factory pointing every model string at the scripted server (and noting each id)."""
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
-
-    provider = OpenAIProvider(base_url=server.base_url, api_key="sk-test")
-
-    def factory(name: str | None):
-        if asked is not None:
-            asked.append(name)
-        return OpenAIChatModel((name or "gpt-4o-mini").split(":")[-1], provider=provider)
-
-    return factory
+from tests.support.models import server_models
 
 
 def cascade(**body):

@@ -12,6 +12,7 @@ from airflow_llm_provider.cascades import CascadeValidationError, load_cascade
 from airflow_llm_provider.cascades.loader import check_cascade
 from airflow_llm_provider.cascades.references import TOOL_PATH_ENV
 from airflow_llm_provider.cascades.report import MigrationReport, file_report, refused_feature
+from tests.support.models import server_models
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -216,18 +217,10 @@ def test_instructions_from_a_file_are_found_next_to_the_cascade_or_above_it_and_
     cascade = load_cascade(path)
     llm_server.script(text("Hello Ada!"))
     result = run_cascade(
-        cascade, {"name": "Ada"}, RunOptions(model_factory=_server_models(llm_server), base_dir=path.parent)
+        cascade, {"name": "Ada"}, RunOptions(model_factory=server_models(llm_server), base_dir=path.parent)
     )
     assert result.status == "success", result.error
     assert llm_server.requests[0].text_of("system") == "Greet Ada warmly."
-
-
-def _server_models(server):
-    from pydantic_ai.models.openai import OpenAIChatModel
-    from pydantic_ai.providers.openai import OpenAIProvider
-
-    provider = OpenAIProvider(base_url=server.base_url, api_key="sk-test")
-    return lambda name: OpenAIChatModel("m", provider=provider)
 
 
 def test_on_error_inline_fallback_is_validated_as_an_llm_phase(tmp_path):

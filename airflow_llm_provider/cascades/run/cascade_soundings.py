@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_llm_provider.cascades.run.base import RunnerBase
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
+from airflow_llm_provider.cascades.run.core import _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
-from airflow_llm_provider.cascades.usage import BudgetExceeded, estimate_tokens
+from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 JUDGE_INSTRUCTIONS = (
     "You compare complete runs of the same workflow on the same input and pick the run whose final "
@@ -167,17 +167,10 @@ class CascadeSoundingsMixin(RunnerBase):
 
     async def _soundings_call(self, role: str, model: str | None, instructions: str, prompt: str) -> Any:
         """One guarded call of the evaluator or aggregator; a failed call fails the run."""
-        from pydantic_ai import Agent
 
-        agent = Agent(self._model(model), instructions=instructions)
         try:
-            result = await self._guarded_run(
-                agent,
-                prompt,
-                phase=CALL_LABEL,
-                label=f"{CALL_LABEL}:{role}",
-                model=model or DEFAULT_MODEL,
-                estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(prompt),
+            result = await self._ask(
+                model, instructions, prompt, phase=CALL_LABEL, label=f"{CALL_LABEL}:{role}"
             )
         except (PhaseFailed, BudgetExceeded):
             raise

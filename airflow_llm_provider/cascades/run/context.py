@@ -33,7 +33,7 @@ from airflow_llm_provider.cascades.run.budget_context import (
     summary_request,
 )
 from airflow_llm_provider.cascades.run.children import ChildrenMixin
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
+from airflow_llm_provider.cascades.run.core import _describe, _to_text
 from airflow_llm_provider.cascades.run.memory import MemoryMixin
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import Anchors, ContextSource, IntraContext, Phase, Selection
@@ -212,7 +212,6 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
     ) -> list[Candidate] | None:
         """One guarded, counted call that picks candidates by id; None (heuristic) if it fails."""
         from pydantic import BaseModel
-        from pydantic_ai import Agent
 
         class Pick(BaseModel):
             selected: list[str]
@@ -220,15 +219,9 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
         name = self._model_name(phase)
         menu = pick_menu(candidates, task, room)
         instructions = "You choose which earlier messages another model needs. Answer with ids only."
-        agent = Agent(self._model(name), output_type=Pick, instructions=instructions)
         try:
-            result = await self._guarded_run(
-                agent,
-                menu,
-                phase=phase.name,
-                label=f"{phase.name}:context",
-                model=name or DEFAULT_MODEL,
-                estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(menu),
+            result = await self._ask(
+                name, instructions, menu, phase=phase.name, label=f"{phase.name}:context", output_type=Pick
             )
         except BudgetExceeded:
             raise
@@ -289,7 +282,6 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
         return kept
 
     async def _summarize(self, phase: Phase, dropped: list[Block], room: int) -> str | None:
-        from pydantic_ai import Agent
 
         budget = self.cascade.token_budget
         settings = (budget.summarizer if budget else None) or {}
@@ -297,15 +289,9 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
         target = min(int(settings.get("target_size", 2000)), room)
         request = summary_request(dropped, target)
         instructions = "You condense context for another model. Be brief and factual."
-        agent = Agent(self._model(name), instructions=instructions)
         try:
-            result = await self._guarded_run(
-                agent,
-                request,
-                phase=phase.name,
-                label=f"{phase.name}:summarize",
-                model=name or DEFAULT_MODEL,
-                estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(request),
+            result = await self._ask(
+                name, instructions, request, phase=phase.name, label=f"{phase.name}:summarize"
             )
         except BudgetExceeded:
             raise

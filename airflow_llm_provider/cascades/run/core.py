@@ -24,6 +24,7 @@ from airflow_llm_provider.cascades.usage import (
     CallRecord,
     ModelPrice,
     UsageTracker,
+    estimate_tokens,
     price_call,
 )
 
@@ -197,6 +198,33 @@ class RunnerCore:
                 raise PhaseFailed(
                     phase_name, f"{where} '{model_id or DEFAULT_MODEL}' cannot be used: {_describe(err)}"
                 ) from err
+
+    async def _ask(
+        self,
+        model: str | None,
+        instructions: str,
+        prompt: str,
+        *,
+        phase: str,
+        label: str,
+        output_type: Any = str,
+        **run_kwargs: Any,
+    ) -> Any:
+        """One auxiliary LLM call (a judge, a rewrite, a selector, a summary...): an agent on
+        ``model`` with ``instructions``, run through :meth:`_guarded_run` so it is budgeted and
+        counted like a phase's own calls. Returns the agent run's result."""
+        from pydantic_ai import Agent
+
+        agent = Agent(self._model(model), output_type=output_type, instructions=instructions)
+        return await self._guarded_run(
+            agent,
+            prompt,
+            phase=phase,
+            label=label,
+            model=model or DEFAULT_MODEL,
+            estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(prompt),
+            **run_kwargs,
+        )
 
     async def _guarded_run(
         self,

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_llm_provider.cascades.run.base import RunnerBase
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _to_text
+from airflow_llm_provider.cascades.run.core import _to_text
 from airflow_llm_provider.cascades.spec import CostAwareEvaluation, Phase
-from airflow_llm_provider.cascades.usage import estimate_tokens
 
 DEFAULT_EVALUATOR = (
     "You judge several answers to the same task. Pick the one that does the task best: correct, "
@@ -157,19 +156,12 @@ class JudgingMixin(RunnerBase):
         return pick
 
     async def _judge_call(self, phase: Phase, role: str, system: str, prompt: str, output_type: Any) -> Any:
-        from pydantic_ai import Agent
 
         soundings = phase.soundings
         assert soundings is not None
         name = soundings.evaluator_model or self._model_name(phase)
-        agent = Agent(self._model(name), output_type=output_type, instructions=system)
-        return await self._guarded_run(
-            agent,
-            prompt,
-            phase=phase.name,
-            label=f"{phase.name}:{role}",
-            model=name or DEFAULT_MODEL,
-            estimated_input_tokens=estimate_tokens(system) + estimate_tokens(prompt),
+        return await self._ask(
+            name, system, prompt, phase=phase.name, label=f"{phase.name}:{role}", output_type=output_type
         )
 
 

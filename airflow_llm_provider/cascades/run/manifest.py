@@ -28,9 +28,7 @@ from airflow_llm_provider.cascades.references import (
     tool_path_of_folder,
 )
 from airflow_llm_provider.cascades.run.base import RunnerBase
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL
 from airflow_llm_provider.cascades.spec import Phase
-from airflow_llm_provider.cascades.usage import estimate_tokens
 
 SELECTOR_INSTRUCTIONS = (
     "You equip one step of an automated workflow with tools. From the catalogue, name the tools "
@@ -96,7 +94,6 @@ class ManifestMixin(RunnerBase):
 
     async def _select_tools(self, phase: Phase, system: str) -> list[str]:
         from pydantic import BaseModel
-        from pydantic_ai import Agent
         from pydantic_ai.usage import UsageLimits
 
         class ToolChoice(BaseModel):
@@ -106,15 +103,14 @@ class ManifestMixin(RunnerBase):
         shown = _within_limit(catalogue, system or phase.instructions or "", phase.manifest_limit)
         prompt = self._selector_prompt(phase, system, shown)
         name = self._model_name(phase)
-        agent = Agent(self._model(name), output_type=[ToolChoice, str], instructions=SELECTOR_INSTRUCTIONS)
         self._emit(f"phase {phase.name}: manifest: choosing tools among {len(shown)} of {len(catalogue)}")
-        result = await self._guarded_run(
-            agent,
+        result = await self._ask(
+            name,
+            SELECTOR_INSTRUCTIONS,
             prompt,
             phase=phase.name,
             label=f"{phase.name}:manifest",
-            model=name or DEFAULT_MODEL,
-            estimated_input_tokens=estimate_tokens(SELECTOR_INSTRUCTIONS) + estimate_tokens(prompt),
+            output_type=[ToolChoice, str],
             usage_limits=UsageLimits(request_limit=3),
         )
         answer = result.output

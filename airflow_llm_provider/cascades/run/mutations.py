@@ -15,10 +15,10 @@ The template texts are ours; Windlass has eight per mode too.
 from __future__ import annotations
 
 from airflow_llm_provider.cascades.run.base import RunnerBase
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe
+from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import Phase, Soundings
-from airflow_llm_provider.cascades.usage import BudgetExceeded, estimate_tokens
+from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 REWRITE_TEMPLATES = (
     "Rewrite the prompt so that it is more precise: spell out what a complete answer contains.",
@@ -114,20 +114,12 @@ class MutationsMixin(RunnerBase):
         """The rewrite call, counted in the run's usage and budget (label ``<phase>:rewrite``),
         on the phase's model (Windlass rewrites with the cascade's model, not the sounding's). A
         failed call fails this sounding."""
-        from pydantic_ai import Agent
 
         name = self._model_name(phase)
         request = rewrite_request(instructions, template)
-        agent = Agent(self._model(name), instructions=REWRITER)
         try:
-            result = await self._guarded_run(
-                agent,
-                request,
-                phase=phase.name,
-                label=f"{phase.name}:rewrite",
-                model=name or DEFAULT_MODEL,
-                estimated_input_tokens=estimate_tokens(REWRITER) + estimate_tokens(request),
-                sounding=index,
+            result = await self._ask(
+                name, REWRITER, request, phase=phase.name, label=f"{phase.name}:rewrite", sounding=index
             )
         except (PhaseFailed, BudgetExceeded):
             raise

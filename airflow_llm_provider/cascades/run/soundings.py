@@ -20,7 +20,7 @@ from airflow_llm_provider.cascades.run.mutations import BUILT_IN_MUTATIONS, Muta
 from airflow_llm_provider.cascades.run.reforge import ReforgeMixin
 from airflow_llm_provider.cascades.run.results import PhaseFailed, PhaseOutcome
 from airflow_llm_provider.cascades.spec import Phase, Soundings, validator_label
-from airflow_llm_provider.cascades.usage import BudgetExceeded, estimate_tokens
+from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 MUTATIONS = BUILT_IN_MUTATIONS
 """``mutation_mode`` -> the built-in mutation templates (kept under its old name)."""
@@ -294,18 +294,11 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
         assert soundings is not None
         if not soundings.aggregator_instructions:
             return "\n\n".join(_to_text(c) for c in candidates)
-        from pydantic_ai import Agent
 
         name = soundings.aggregator_model or self._model_name(phase)
         listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
         instructions = self.render(soundings.aggregator_instructions)
-        agent = Agent(self._model(name), instructions=instructions)
-        result = await self._guarded_run(
-            agent,
-            listing,
-            phase=phase.name,
-            label=f"{phase.name}:aggregator",
-            model=name or DEFAULT_MODEL,
-            estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(listing),
+        result = await self._ask(
+            name, instructions, listing, phase=phase.name, label=f"{phase.name}:aggregator"
         )
         return result.output

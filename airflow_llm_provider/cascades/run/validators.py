@@ -18,11 +18,10 @@ from typing import Any
 
 from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool, tool_path_of_folder
 from airflow_llm_provider.cascades.run.base import RunnerBase
-from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _to_text
+from airflow_llm_provider.cascades.run.core import _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import PolyglotValidator, ValidatorRef, ValidatorSpec, validator_label
 from airflow_llm_provider.cascades.tools import ToolNotFound, call_tool
-from airflow_llm_provider.cascades.usage import estimate_tokens
 
 MAX_VALIDATOR_DEPTH = 5
 """Validator cascades may validate with cascades, but not forever."""
@@ -81,7 +80,6 @@ class ValidatorsMixin(RunnerBase):
         """A ``validators:`` entry: its instructions see ``input.content`` and
         ``input.original_input`` (as in Windlass, where the validator's input is those two)."""
         from pydantic import BaseModel
-        from pydantic_ai import Agent
 
         class Verdict(BaseModel):
             valid: bool
@@ -95,14 +93,13 @@ class ValidatorsMixin(RunnerBase):
         }
         instructions = self.render(spec.instructions, variables)
         model = spec.model or self.cascade.defaults.model or self.options.model
-        agent = Agent(self._model(model), output_type=Verdict, instructions=instructions)
-        result = await self._guarded_run(
-            agent,
+        result = await self._ask(
+            model,
+            instructions,
             "## Content to validate\n" + text,
             phase=f"validator {name}",
             label=f"validator:{name}",
-            model=model or DEFAULT_MODEL,
-            estimated_input_tokens=estimate_tokens(instructions) + estimate_tokens(text),
+            output_type=Verdict,
         )
         return result.output.model_dump()
 
