@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -25,15 +26,33 @@ def _phase(request) -> str:
     return request.text_of("system").split("]")[0].lstrip("[")
 
 
-def _busy_worker(server) -> str | None:
-    """The worker whose process tree holds a task process (one more descendant than when idle)."""
-    counts = {
-        name: len(psutil.Process(server.processes[name].pid).children(recursive=True))
-        for name in server.celery_workers
-    }
-    idle = min(counts.values())
-    busy = [name for name, count in counts.items() if count > idle]
-    return busy[0] if len(busy) == 1 else None
+def _busy_worker(server, llm_port: int, timeout: float = 20.0) -> str | None:
+    """The worker whose process tree holds the task: the one process with a connection open to
+    the LLM server, where the task waits for the slow answer. (Counting descendants was not
+    enough: a Celery pool may replace its processes at any moment.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [name for name in server.celery_workers if _talks_to(server.processes[name].pid, llm_port)]
+        if len(busy) == 1:
+            return busy[0]
+        time.sleep(0.5)
+    return None
+
+
+def _talks_to(pid: int, port: int) -> bool:
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for process in tree:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        if any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in connections):
+            return True
+    return False
 
 
 def test_killed_worker_task_resumes_from_the_phase_cache(airflow_server, llm_server, postgres):
@@ -62,7 +81,7 @@ def test_killed_worker_task_resumes_from_the_phase_cache(airflow_server, llm_ser
         airflow_server.check_alive()
         time.sleep(0.5)
     assert edits, f"phase 3 never reached the LLM\n{airflow_server.log_tail('scheduler')}"
-    victim = _busy_worker(airflow_server)
+    victim = _busy_worker(airflow_server, urlsplit(llm_server.base_url).port or 0)
     assert victim, "could not tell which worker runs the task"
     survivor = next(name for name in airflow_server.celery_workers if name != victim)
     process = airflow_server.processes.pop(victim)
