@@ -27,6 +27,7 @@ from airflow_llm_provider.cascades.graph import (
     templated_fields,
 )
 from airflow_llm_provider.cascades.spec import END, Cascade, Phase, parse_duration
+from airflow_llm_provider.cascades.templates import reads_state_beyond_outputs
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import DAG
@@ -219,28 +220,9 @@ def _runs_as_one(cascade: Cascade) -> str | None:
         if any(ref.context_out for ref in phase.sub_cascades):
             return f"phase {phase.name} merges a sub-cascade's state into the run's (`context_out`)"
         for _, text in templated_fields(phase):
-            if _reads_state_beyond_outputs(text):
+            if reads_state_beyond_outputs(text):
                 return f"phase {phase.name} reads the run's state beyond phase outputs"
     return None
-
-
-def _reads_state_beyond_outputs(text: str) -> bool:
-    from jinja2 import nodes
-
-    from airflow_llm_provider.cascades.templates import STATE_OUTPUT_PREFIX, parse_template
-
-    try:
-        tree = parse_template(text)
-    except Exception:
-        return False
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = getattr(node, "node", None)
-        if not isinstance(target, nodes.Name) or target.name != "state":
-            continue
-        key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-        if not (isinstance(key, str) and key.startswith(STATE_OUTPUT_PREFIX)):
-            return True
-    return False
 
 
 def plan_cascade(cascade: Cascade, dag_id: str | None = None, *, soundings_as_tasks: bool = False) -> DagPlan:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow_llm_provider.cascades.spec import Cascade, ContextSource, Phase
-from airflow_llm_provider.cascades.templates import STATE_OUTPUT_PREFIX, parse_template, referenced_phases
+from airflow_llm_provider.cascades.templates import reads_state_beyond_outputs, referenced_phases
 
 FieldPath = tuple[str | int, ...]
 CONTEXT_KEYWORDS = frozenset({"all", "first", "previous", "prev"})
@@ -101,28 +101,13 @@ def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
         needs: set[str] = set(context_sources(cascade, phase))
         for _, text in templated_fields(phase):
             needs |= referenced_phases(text)
-            if _reads_written_state(text):
+            if reads_state_beyond_outputs(text):
                 needs |= set(names[:index])
         if phase.map_over is not None:
             needs.add(phase.map_over.split(".", 1)[0])
         needs.discard(phase.name)
         graph[phase.name] = needs
     return graph
-
-
-def _reads_written_state(source: str) -> bool:
-    """Whether a template reads ``state`` other than through ``state.output_<phase>``."""
-    from jinja2 import nodes
-
-    tree = parse_template(source)
-    names = sum(1 for node in tree.find_all(nodes.Name) if node.name == "state")
-    outputs = 0
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = getattr(node, "node", None)
-        key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-        if isinstance(target, nodes.Name) and target.name == "state":
-            outputs += isinstance(key, str) and key.startswith(STATE_OUTPUT_PREFIX)
-    return names > outputs
 
 
 def is_state_machine(cascade: Cascade) -> bool:

@@ -6,7 +6,7 @@ Dependencies between phases come from the AST rather than a regex, so filters
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -91,9 +91,27 @@ def referenced_phases(source: str) -> set[str]:
     return found
 
 
-def parse_template(source: str) -> Any:
-    """The Jinja AST of ``source`` (shared environment; raises ``TemplateSyntaxError``)."""
-    return _shared_environment().parse(source)
+def reads_state_beyond_outputs(source: str) -> bool:
+    """Whether a template reads ``state`` other than through ``state.output_<phase>`` (keys that
+    ``set_state``, extraction or the engine write at run time).
+
+    :raises jinja2.TemplateSyntaxError: if ``source`` is not valid Jinja
+    """
+    from jinja2 import nodes
+
+    tree = _shared_environment().parse(source)
+    names = sum(1 for node in tree.find_all(nodes.Name) if node.name == "state")
+    outputs = 0
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = getattr(node, "node", None)
+        key = (
+            node.attr
+            if isinstance(node, nodes.Getattr)
+            else getattr(getattr(node, "arg", None), "value", None)
+        )
+        if isinstance(target, nodes.Name) and target.name == "state":
+            outputs += isinstance(key, str) and key.startswith(STATE_OUTPUT_PREFIX)
+    return names > outputs
 
 
 def undeclared_variables(source: str) -> set[str]:
