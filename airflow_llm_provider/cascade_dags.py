@@ -167,19 +167,15 @@ def _reachable(cascade: Cascade) -> list[str]:
 
 
 def _has_cycle(cascade: Cascade, names: list[str]) -> bool:
-    state: dict[str, int] = {}
+    # graphlib walks iteratively: a long chain of phases must not hit Python's recursion limit.
+    import graphlib
 
-    def visit(name: str) -> bool:
-        state[name] = 1
-        for nxt in successors(cascade, cascade.phase(name)):
-            if nxt == END:
-                continue
-            if state.get(nxt) == 1 or (nxt not in state and visit(nxt)):
-                return True
-        state[name] = 2
-        return False
-
-    return any(name not in state and visit(name) for name in names)
+    graph = {name: [nxt for nxt in successors(cascade, cascade.phase(name)) if nxt != END] for name in names}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError:
+        return True
+    return False
 
 
 def _phase_args(phase: Phase) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -131,13 +132,19 @@ def _report(files: list, tool_path: list, *, as_json: bool) -> int:
 
 
 def _parse_input(raw: str | None) -> dict:
-    """``--input`` as inline JSON or ``@file.json``."""
+    """``--input`` as inline JSON or ``@file.json``, within the same bounds as a cascade file
+    (size, nesting, number digits: ``cascades/limits.py``)."""
     from pathlib import Path
+
+    from airflow_llm_provider.cascades.parsing import Collector, parse_document
 
     if raw is None:
         return {}
     text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
-    value = json.loads(text)
+    collector = Collector(raw[1:] if raw.startswith("@") else "--input")
+    value = parse_document(text, ".json", collector)
+    if collector.issues:
+        raise ValueError("; ".join(str(issue) for issue in collector.issues))
     if not isinstance(value, dict):
         raise ValueError("--input must be a JSON object")
     return value
@@ -173,10 +180,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from airflow_llm_provider.cascades.cache import open_cache
         from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
+        from airflow_llm_provider.costs.budgets import command_line_identity, configured_accounting
         from airflow_llm_provider.hooks.llm import LLMHook
         from airflow_llm_provider.operators.cascade_tools import airflow_tools
 
         hook = LLMHook(llm_conn_id=args.conn_id or cascade.defaults.llm_conn_id, model=args.model)
+        try:
+            # The operator's ledger and shared budgets ([llm_provider] config, the file's budgets:)
+            accounting = configured_accounting(
+                command_line_identity(cascade),
+                cascade_budgets=[budget.model_dump() for budget in cascade.budgets],
+            )
+        except ValueError as err:
+            print(f"error: invalid LLM budget: {err}", file=sys.stderr)
+            return 2
         options = RunOptions(
             model_factory=hook.model_for,
             tools=airflow_tools(),
@@ -186,6 +203,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             declared_price=hook.declared_price(),
             cache=open_cache(args.cache),
             on_event=progress,
+            call_observer=accounting,
         )
         result = run_cascade(cascade, inputs, options)
     print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -284,7 +302,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # a bug of ours: one line with the cause, no traceback unless asked
+        if os.environ.get("AIRFLOW_LLM_DEBUG"):
+            raise
+        from airflow_llm_provider.cascades.redact import redact
+
+        print(f"internal error: {type(err).__name__}: {redact(str(err))[:2000]}", file=sys.stderr)
+        print(
+            "this is a bug in airflow-llm-provider (set AIRFLOW_LLM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

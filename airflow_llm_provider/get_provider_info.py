@@ -191,10 +191,126 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "/var/lib/airflow/llm_cost_ledger.db",
                         "default": "",
                     },
+                    **RUNTIME_LIMIT_OPTIONS,
+                    **LOAD_LIMIT_OPTIONS,
+                    "allowed_python_tools": {
+                        "description": "Comma-separated module prefixes whose functions cascades may "
+                        "call as python: tools, besides modules in the dags folder or the cascade's own "
+                        "folder and this provider's. '*' allows any module (cascade files are then as "
+                        "powerful as DAG files). See docs/security.md.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "my_company.llm_tools,string.capwords",
+                        "default": "",
+                    },
                 },
             },
         },
     }
+
+
+def _limit(description: str, kind: str, default: str, example: str) -> dict[str, str]:
+    return {
+        "description": description,
+        "version_added": "0.2.0",
+        "type": kind,
+        "example": example,
+        "default": default,
+    }
+
+
+# Runtime resource limits of cascades (cascades/limits.py reads them; a test keeps both in step).
+RUNTIME_LIMIT_OPTIONS: dict[str, dict[str, str]] = {
+    "max_soundings": _limit(
+        "Most soundings of a phase or cascade (soundings.factor, the sum of a models map's factors, "
+        "reforge steps and factor_per_step). A literal over it fails validation; a templated one fails "
+        "the phase when it renders.",
+        "integer",
+        "20",
+        "50",
+    ),
+    "max_map_items": _limit(
+        "Most items of one map_over fan-out in a cascade run; more fails the phase before any item runs.",
+        "integer",
+        "1024",
+        "5000",
+    ),
+    "max_sub_cascade_runs": _limit(
+        "Most child cascade runs (sub_cascades, async_cascades, tool: cascade:, cascades in tackle) one "
+        "run and all its descendants start together; the next one fails its phase.",
+        "integer",
+        "100",
+        "500",
+    ),
+    "llm_phase_timeout": _limit(
+        "Seconds an LLM phase may take (turns, attempts, soundings, sub-cascades) when it sets no "
+        "timeout of its own.",
+        "float",
+        "900",
+        "1800",
+    ),
+    "llm_request_timeout": _limit(
+        "Seconds one model request may take before it fails (and is retried by the client). The "
+        "connection's extra.timeout overrides it.",
+        "float",
+        "120",
+        "300",
+    ),
+    "max_reply_chars": _limit(
+        "Characters of one output, input, item, state or conversation block put into a prompt; "
+        "longer text is cut with a marker saying so.",
+        "integer",
+        "262144",
+        "1048576",
+    ),
+    "template_max_output_chars": _limit(
+        "Characters one cascade template may render, and the size of any one value it builds.",
+        "integer",
+        "1048576",
+        "4194304",
+    ),
+    "template_max_operations": _limit(
+        "Loop iterations, calls, filters and operators of one template rendering.",
+        "integer",
+        "1000000",
+        "5000000",
+    ),
+    "template_max_allocated_chars": _limit(
+        "Characters of all strings, lists and output one template rendering builds, added up.",
+        "integer",
+        "33554432",
+        "134217728",
+    ),
+    "template_max_int_bits": _limit(
+        "Bits of an integer a cascade template writes or computes.", "integer", "4096", "8192"
+    ),
+    "template_max_seconds": _limit("Wall-clock seconds of one template rendering.", "float", "10", "30"),
+}
+
+
+# Bounds on reading a cascade file (cascades/limits.py LoadLimits; a test keeps both in step).
+LOAD_LIMIT_OPTIONS: dict[str, dict[str, str]] = {
+    "max_cascade_file_bytes": _limit(
+        "Largest cascade file read (bytes); a larger one is refused unread.", "integer", "1048576", "4194304"
+    ),
+    "max_cascade_nodes": _limit(
+        "Most values in a cascade document once YAML aliases are expanded (stops alias bombs).",
+        "integer",
+        "100000",
+        "200000",
+    ),
+    "max_cascade_depth": _limit("Most nesting levels of a cascade document.", "integer", "64", "128"),
+    "max_cascade_string_chars": _limit(
+        "Most characters in one string of a cascade file (long prompts belong in an @file).",
+        "integer",
+        "262144",
+        "1048576",
+    ),
+    "max_cascade_number_digits": _limit(
+        "Most digits of one number in a cascade file.", "integer", "100", "200"
+    ),
+    "max_cascade_phases": _limit("Most phases in one cascade.", "integer", "500", "1000"),
+}
 
 
 # The qubinode connection form. Declared here, where Airflow >= 3.2 reads it; QubinodeHook builds

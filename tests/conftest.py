@@ -21,6 +21,10 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
 os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"  # tests that want lineage opt in
 os.environ["AIRFLOW_LLM_CACHE_DIR"] = str(AIRFLOW_HOME / "llm-cache")  # never the user's cache
+# The suite's cascades call tools in the test modules and in the fixtures' imaginary DAG project
+# (reports.jobs, checks, docs.split), as an admin would allow a project's own packages.
+_FIXTURE_PACKAGES = "tests,reports,checks,docs,pkg,mod,m,module,package"
+os.environ["AIRFLOW__LLM_PROVIDER__ALLOWED_PYTHON_TOOLS"] = _FIXTURE_PACKAGES
 # A developer's own LLM or Slack credentials must never leak into the suite.
 for _name in list(os.environ):
     if _name.startswith("AIRFLOW_CONN_") or _name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):

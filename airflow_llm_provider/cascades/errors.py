@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+FieldPath = tuple[str | int, ...]
+"""Where a value sits in a cascade document: ``("phases", 2, "handoffs", 0)``."""
+
 
 @dataclass(frozen=True)
 class ValidationIssue:

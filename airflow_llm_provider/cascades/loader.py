@@ -25,14 +25,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from airflow_llm_provider.cascades.errors import CascadeValidationError, ValidationIssue
+from airflow_llm_provider.cascades.limits import configured_limits
+from airflow_llm_provider.cascades.parsing import (
+    YAML_SUFFIXES,
+    Collector,
+    FieldPath,
+    parse_document,
+)
 from airflow_llm_provider.cascades.refused import REFUSED, WARNED, WINDLASS_MODELS
 from airflow_llm_provider.cascades.spec import Cascade, Phase
 
 log = logging.getLogger(__name__)
 
-FieldPath = tuple[str | int, ...]
-DOCUMENT = "<document>"
-YAML_SUFFIXES = (".yaml", ".yml")
 CASCADE_SUFFIXES = (*YAML_SUFFIXES, ".json")
 
 
@@ -44,35 +48,6 @@ class CheckResult:
     cascade: Cascade | None = None
     issues: list[ValidationIssue] = field(default_factory=list)
     warnings: list[ValidationIssue] = field(default_factory=list)
-
-
-def format_path(path: FieldPath) -> str:
-    """``('phases', 2, 'handoffs', 0)`` -> ``phases[2].handoffs[0]``."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or DOCUMENT
-
-
-class _Collector:
-    def __init__(self, file: str, lines: dict[FieldPath, int]) -> None:
-        self.file = file
-        self.lines = lines
-        self.issues: list[ValidationIssue] = []
-        self.warnings: list[ValidationIssue] = []
-
-    def line(self, path: FieldPath) -> int | None:
-        for end in range(len(path), -1, -1):
-            if path[:end] in self.lines:
-                return self.lines[path[:end]]
-        return None
-
-    def issue(self, path: FieldPath, message: str, *, line: int | None = None) -> None:
-        where = line if line is not None else self.line(path)
-        self.issues.append(ValidationIssue(self.file, where, format_path(path), message))
-
-    def warn(self, path: FieldPath, message: str) -> None:
-        self.warnings.append(ValidationIssue(self.file, self.line(path), format_path(path), message))
 
 
 def load_cascade(
@@ -111,7 +86,16 @@ def _validator_fingerprint() -> bytes:
     """Changes whenever the code that validates cascades changes (not only the version)."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("loader.py", "validate.py", "spec.py", "refused.py", "templates.py", "graph.py"):
+    for name in (
+        "loader.py",
+        "parsing.py",
+        "validate.py",
+        "spec.py",
+        "refused.py",
+        "templates.py",
+        "graph.py",
+        "limits.py",
+    ):
         # references.py is not here: its checks read other files and run on every load
         digest.update((package / name).read_bytes())
     return digest.digest()
@@ -131,7 +115,7 @@ def check_cascade(
     What the file refers to (tools, validators, child cascades, files) is checked every time.
     """
     if isinstance(source, Mapping):
-        return _check_data(dict(source), _Collector("<dict>", {}))
+        return _check_data(dict(source), Collector("<dict>"))
     path = Path(source)
     result = _check_file_cached(path)
     if result.cascade is None:
@@ -142,9 +126,9 @@ def check_cascade(
     found = reference_issues(result.cascade, path, STANDARD_TOOLS if tools is None else tools, tool_path)
     if not found:
         return result
-    collector = _Collector(str(path), {})
+    collector = Collector(str(path))
     with contextlib.suppress(Exception):  # only for line numbers: the file parsed a moment ago
-        _parse(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
+        parse_document(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
     for field_path, message in found:
         collector.issue(field_path, message)
     return CheckResult(str(path), None, collector.issues, result.warnings)
@@ -152,9 +136,9 @@ def check_cascade(
 
 def read_document(path: Path) -> Any:
     """The data in a YAML/JSON file, or None when it cannot be read or parsed (no line numbers)."""
-    collector = _Collector(str(path), {})
+    collector = Collector(str(path))
     try:
-        return _parse(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
+        return parse_document(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
     except (OSError, UnicodeDecodeError, RecursionError):
         return None
 
@@ -185,7 +169,9 @@ def _cache_entry(path: Path) -> Path | None:
         content = path.read_bytes()
     except OSError:
         return None
-    key = hashlib.sha256(_validator_fingerprint() + str(path.resolve()).encode() + b"\0" + content)
+    # The configured limits decide validity too (a lowered max_soundings must re-check the file).
+    limits = repr(configured_limits()).encode()
+    key = hashlib.sha256(_validator_fingerprint() + limits + str(path.resolve()).encode() + b"\0" + content)
     return cache_dir / f"{key.hexdigest()}.json"
 
 
@@ -205,14 +191,14 @@ def _store(entry: Path, result: CheckResult) -> None:
 
 
 def _check_file(path: Path) -> CheckResult:
-    collector = _Collector(str(path), {})
+    collector = Collector(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         collector.issue((), f"cannot read file: {exc}")
         return _result(collector, None)
     try:
-        data = _parse(text, path.suffix.lower(), collector)
+        data = parse_document(text, path.suffix.lower(), collector)
     except RecursionError:
         collector.issue((), "the document nests too deeply")
     if collector.issues:
@@ -220,99 +206,14 @@ def _check_file(path: Path) -> CheckResult:
     return _check_data(data, collector)
 
 
-def _result(collector: _Collector, cascade: Cascade | None) -> CheckResult:
+def _result(collector: Collector, cascade: Cascade | None) -> CheckResult:
     return CheckResult(collector.file, cascade, collector.issues, collector.warnings)
-
-
-# -- parsing ------------------------------------------------------------------------------------
-
-
-def _parse(text: str, suffix: str, collector: _Collector) -> Any:
-    import json
-
-    import yaml
-
-    if suffix not in YAML_SUFFIXES:  # .json, or no known extension: strict JSON first
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if suffix == ".json":
-                collector.issue((), f"JSON syntax error: {exc.msg}", line=exc.lineno)
-                return None
-        else:
-            try:
-                _compose(text, collector)  # JSON is YAML for our purposes: this gives line numbers
-            except yaml.YAMLError:
-                collector.lines.clear()
-            return data
-    try:
-        return _compose(text, collector)
-    except yaml.YAMLError as exc:
-        collector.lines.clear()
-        mark = getattr(exc, "problem_mark", None)
-        context_mark = getattr(exc, "context_mark", None)
-        message = f"YAML syntax error: {getattr(exc, 'problem', None) or exc}"
-        if context := getattr(exc, "context", None):
-            started = f" started on line {context_mark.line + 1}" if context_mark is not None else ""
-            message += f" ({context}{started})"
-        collector.issue((), message, line=mark.line + 1 if mark is not None else None)
-        return None
-
-
-def _compose(text: str, collector: _Collector) -> Any:
-    """Construct the first document, recording the line of every key and list item."""
-    import yaml
-
-    # libyaml's loader when installed: same nodes and line marks, ~5x faster to parse DAG folders.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-    try:
-        node = loader.get_node() if loader.check_node() else None
-        if node is None:
-            return None
-        if not _record_lines(loader, node, (), collector, set()):
-            return None
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _record_lines(loader: Any, node: Any, path: FieldPath, collector: _Collector, active: set[int]) -> bool:
-    """Fill ``collector.lines``; False (with an issue) if an alias makes the document recursive."""
-    import yaml
-
-    collector.lines.setdefault(path, node.start_mark.line + 1)
-    if id(node) in active:
-        collector.issue(path, "recursive YAML alias: a cascade must be a tree")
-        return False
-    active = active | {id(node)}
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            if not _record_lines(loader, item, (*path, index), collector, active):
-                return False
-    elif isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key = loader.construct_object(key_node)
-            if not isinstance(key, str | int | float | bool) or key is None:
-                continue
-            key_path = (*path, key if isinstance(key, str) else str(key))
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                collector.issue(key_path, f"duplicate key {key!r}", line=line)
-            seen.add(key)
-            collector.lines[key_path] = line
-            if not _record_lines(loader, value_node, key_path, collector, active):
-                return False
-            collector.lines[key_path] = line
-    return True
 
 
 # -- structure ----------------------------------------------------------------------------------
 
 
-def _check_data(data: Any, collector: _Collector) -> CheckResult:
+def _check_data(data: Any, collector: Collector) -> CheckResult:
     from pydantic import ValidationError
 
     from airflow_llm_provider.cascades.validate import semantic_issues, semantic_warnings
@@ -320,6 +221,13 @@ def _check_data(data: Any, collector: _Collector) -> CheckResult:
     if not isinstance(data, dict):
         kind = "an empty document" if data is None else f"a {type(data).__name__}"
         collector.issue((), f"a cascade must be a mapping with `cascade_id` and `phases`, got {kind}")
+        return _result(collector, None)
+    phases, most = data.get("phases"), configured_limits().load.max_cascade_phases
+    if isinstance(phases, list) and len(phases) > most:
+        collector.issue(
+            ("phases",),
+            f"{len(phases):,} phases, over the limit of {most:,} ([llm_provider] max_cascade_phases)",
+        )
         return _result(collector, None)
     cleaned = _prepass(data, Cascade, (), collector)
     try:
@@ -419,7 +327,7 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, collector: _Collector) -> dict:
+def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, collector: Collector) -> dict:
     """Drop (and report) refused, cosmetic and unknown keys; recurse into nested models."""
     allowed = _allowed_keys(model)
     refused = REFUSED.get(model.__name__, {})
@@ -482,7 +390,7 @@ def _prepass(data: dict[Any, Any], model: type[BaseModel], path: FieldPath, coll
 _MESSAGES = {"missing": "required field is missing", "extra_forbidden": "unknown key"}
 
 
-def _report_pydantic(exc: Any, data: Any, collector: _Collector) -> None:
+def _report_pydantic(exc: Any, data: Any, collector: Collector) -> None:
     """Map pydantic errors onto data paths (skipping union tags) and merge those on one path."""
     merged: dict[FieldPath, list[str]] = {}
     for error in exc.errors(include_url=False):

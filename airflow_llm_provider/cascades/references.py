@@ -20,8 +20,9 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_llm_provider.cascades.graph import FieldPath
+from airflow_llm_provider.cascades.errors import FieldPath
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
+from airflow_llm_provider.cascades.trust import PythonToolPolicy, confined_path, python_tool_policy
 
 Issue = tuple[FieldPath, str]
 
@@ -219,7 +220,7 @@ def reference_issues(
     the caller registers (the Airflow adapters' and the user's)."""
     folders = tool_path(cascade_file, extra_tool_path)
     base = cascade_file.resolve().parent
-    resolver = _Resolver(cascade, set(tools) | ENGINE_TOOLS, folders)
+    resolver = _Resolver(cascade, set(tools) | ENGINE_TOOLS, folders, python_tool_policy(base))
     issues: list[Issue] = []
     for index, phase in enumerate(cascade.phases):
         issues.extend(_phase_issues(phase, ("phases", index), base, resolver))
@@ -227,10 +228,13 @@ def reference_issues(
 
 
 class _Resolver:
-    def __init__(self, cascade: Cascade, tools: set[str], folders: Sequence[Path]) -> None:
+    def __init__(
+        self, cascade: Cascade, tools: set[str], folders: Sequence[Path], python_policy: PythonToolPolicy
+    ) -> None:
         self.cascade = cascade
         self.tools = tools
         self.folders = folders
+        self.python_policy = python_policy
 
     def tool_known(self, name: str) -> bool:
         if name == self.cascade.memory:  # the memory bank's search tool (run/memory.py)
@@ -289,14 +293,22 @@ def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) 
             if validator.tool is not None and not resolver.tool_known(validator.tool):
                 yield (*path, "tool"), resolver.unknown_tool(validator.tool)
             continue
-        if validator in resolver.cascade.validators or validator.startswith("python:"):
+        if validator.startswith("python:"):
+            if (refusal := resolver.python_policy.refusal(validator[len("python:") :])) is not None:
+                yield path, refusal
+            continue
+        if validator in resolver.cascade.validators:
             continue
         if not resolver.tool_known(validator):
             yield path, resolver.unknown_tool(validator, "validator") + "; or define it under `validators:`"
 
 
 def _tool_issues(name: str, at: FieldPath, base: Path, resolver: _Resolver) -> Iterator[Issue]:
-    if name.startswith(("python:", "shell:")):
+    if name.startswith("python:"):
+        if (refusal := resolver.python_policy.refusal(name[len("python:") :])) is not None:
+            yield at, refusal
+        return
+    if name.startswith("shell:"):
         return
     if name.startswith("sql:"):
         yield from _file_issue(name[4:].strip(), base, at, "SQL file")
@@ -311,10 +323,14 @@ def _file_issue(
 ) -> Iterator[Issue]:
     if not relative:
         return
+    confined, refusal = confined_path(relative, base)
+    if refusal is not None:
+        yield at, f"{what} refused: {refusal}"
+        return
     found = (
         find_relative_file(relative, base)
         if upward
-        else (base / relative if (base / relative).is_file() else None)
+        else (confined if confined and confined.is_file() else None)
     )
     if found is None:
         where = f"{base} and the folders above it" if upward else str(base / relative)
@@ -327,11 +343,12 @@ directory, usually the checkout's root a level or two above the cascade)."""
 
 
 def find_relative_file(relative: str, base: Path) -> Path | None:
-    """``relative`` from ``base``, else from up to :data:`MAX_UPWARD` of its parents."""
-    candidate = Path(relative)
-    if candidate.is_absolute():
-        return candidate if candidate.is_file() else None
+    """``relative`` from ``base``, else from up to :data:`MAX_UPWARD` of its parents; never an
+    absolute path, one climbing with ``..`` or one a symlink takes elsewhere (``trust.py``)."""
     for folder in [base, *list(base.resolve().parents)[:MAX_UPWARD]]:
-        if (folder / candidate).is_file():
-            return folder / candidate
+        found, refusal = confined_path(relative, folder)
+        if refusal is not None:
+            return None
+        if found is not None and found.is_file():
+            return found
     return None

@@ -615,6 +615,10 @@ class Cascade(_Model):
         default_factory=list, description="Shared budgets (run under Airflow): dag_run, dag_day, tag_day"
     )
     airflow: AirflowSettings | None = None
+    connections: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Connection ids the model may pass to tools (conn_id/connection); see docs/security.md",
+    )
 
     def missing_inputs(self, inputs: Mapping[str, Any]) -> str | None:
         """What is missing from ``inputs`` that ``inputs_schema`` names, as one message, or None.

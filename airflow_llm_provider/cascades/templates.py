@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from airflow_llm_provider.cascades.limits import Limits, configured_limits
+
 if TYPE_CHECKING:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -38,17 +40,18 @@ MAP_VARIABLES = frozenset({"item", "item_index"})
 ROW_VARIABLES = frozenset({"row", "row_index"})
 
 
-def sandboxed_environment() -> ImmutableSandboxedEnvironment:
-    """A fresh sandboxed environment: cascade templates are user input and must not reach Python.
+def sandboxed_environment(limits: Limits | None = None) -> ImmutableSandboxedEnvironment:
+    """A fresh sandboxed environment: cascade templates are user input and must not reach Python,
+    nor exhaust the worker: every rendering is bounded by the ``template_*`` settings of
+    ``limits`` (default: the configured ones), see :mod:`._template_limits`.
 
     An undefined name renders as Jinja's default does, empty, as in Windlass (``{{ input.x }}``
     without ``x`` is ``""``); using it further (``{{ input.x.y }}``) is an error. ``validate``
     warns about names nothing provides.
     """
-    from jinja2 import Undefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from airflow_llm_provider.cascades._template_limits import LimitedEnvironment
 
-    return ImmutableSandboxedEnvironment(undefined=Undefined, autoescape=False)
+    return LimitedEnvironment(limits or configured_limits())
 
 
 def _shared_environment() -> ImmutableSandboxedEnvironment:

@@ -1,8 +1,9 @@
 """What a cascade may call: an explicit allowlist of Python callables.
 
 A cascade names tools (``tool:``, ``tackle:``, validators) as either a registered name or
-``python:package.module.function``. Nothing else runs: there is no shell and no eval unless a
-user registers a callable that does it.
+``python:package.module.function`` from a module the trust policy allows (``trust.py``: the dags
+folder, the cascade's folder, this provider, ``[llm_provider] allowed_python_tools``). Nothing
+else runs from a cascade's own text except its inline validators, in the sandbox (``sandbox.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.trust import PythonToolPolicy
 
 PYTHON_PREFIX = "python:"
 STANDARD_TOOLS = ("sql_data",)
@@ -25,11 +29,21 @@ class ToolNotFound(LookupError):
 class ToolRegistry:
     """Named callables a cascade may use. Sync or async; called with keyword arguments."""
 
-    def __init__(self, tools: Mapping[str, Callable[..., Any]] | None = None) -> None:
+    def __init__(
+        self,
+        tools: Mapping[str, Callable[..., Any]] | None = None,
+        *,
+        python_policy: PythonToolPolicy | None = None,
+    ) -> None:
         self._tools: dict[str, Callable[..., Any]] = dict(tools or {})
+        self.python_policy = python_policy
 
     def register(self, name: str, function: Callable[..., Any]) -> None:
         self._tools[name] = function
+
+    def with_policy(self, python_policy: PythonToolPolicy) -> ToolRegistry:
+        """A copy whose ``python:`` references are checked against ``python_policy``."""
+        return ToolRegistry(self._tools, python_policy=python_policy)
 
     def names(self) -> list[str]:
         return sorted(self._tools)
@@ -39,7 +53,11 @@ class ToolRegistry:
         if reference in self._tools:
             return self._tools[reference]
         if reference.startswith(PYTHON_PREFIX):
-            return _import_callable(reference[len(PYTHON_PREFIX) :])
+            dotted = reference[len(PYTHON_PREFIX) :]
+            refusal = self.python_policy.refusal(dotted) if self.python_policy is not None else None
+            if refusal is not None:
+                raise ToolNotFound(refusal)
+            return _import_callable(dotted)
         known = ", ".join(self.names()) or "none"
         raise ToolNotFound(
             f"tool '{reference}' is not registered (registered: {known}). Register it with "

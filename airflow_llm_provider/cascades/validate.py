@@ -10,13 +10,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, FieldPath, source_name, templated_fields
+from airflow_llm_provider.cascades.errors import FieldPath
+from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, source_name, templated_fields
+from airflow_llm_provider.cascades.limits import Limits, configured_limits
 from airflow_llm_provider.cascades.spec import (
     AUTO_FIX,
     END,
     Cascade,
     Phase,
     PolyglotValidator,
+    Soundings,
     ValidatorRef,
 )
 from airflow_llm_provider.cascades.templates import (
@@ -42,7 +45,8 @@ LLM_ONLY = (
     "output_extraction",
     "intra_context",
 )
-TOOL_ONLY = ("inputs", "routing", "retry", "timeout")
+TOOL_ONLY = ("inputs", "routing", "retry")
+"""(``timeout`` applies to both kinds: the tool call's, or the whole LLM phase's wall clock.)"""
 IMPLEMENTED_POLYGLOT: frozenset[str] = frozenset({"python", "bash", "javascript", "tool"})
 """Languages of inline validators the engine runs (the others are refused by name)."""
 _POLYGLOT_WHY = {
@@ -76,6 +80,7 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
     for name, spec in cascade.validators.items():
         issues.extend(_template(spec.instructions, ("validators", name, "instructions"), known))
     issues.extend(_semantic_selection(cascade))
+    issues.extend(_soundings_limits(cascade, configured_limits()))
     if cascade.soundings is not None and cascade.soundings.reforge is not None:
         issues.append(
             (
@@ -85,6 +90,32 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
             )
         )
     return issues
+
+
+def _soundings_limits(cascade: Cascade, limits: Limits) -> Iterator[Issue]:
+    """Literal soundings counts over ``max_soundings`` (templated ones are checked when they
+    render, before anything is allocated: run/soundings.py, run/cascade_soundings.py)."""
+    most = limits.max_soundings
+    where: list[tuple[FieldPath, Soundings | None]] = [(("soundings",), cascade.soundings)]
+    where += [(("phases", i, "soundings"), phase.soundings) for i, phase in enumerate(cascade.phases)]
+    for at, soundings in where:
+        if soundings is None:
+            continue
+        counts: list[tuple[FieldPath, int, str]] = []
+        if isinstance(soundings.factor, int):
+            counts.append(((*at, "factor"), soundings.factor, "soundings"))
+        if isinstance(soundings.models, dict):
+            total = sum(config.factor for config in soundings.models.values())
+            counts.append(((*at, "models"), total, "soundings (the sum of the models' factors)"))
+        if soundings.reforge is not None:
+            counts.append(((*at, "reforge", "steps"), soundings.reforge.steps, "reforge steps"))
+            counts.append(
+                ((*at, "reforge", "factor_per_step"), soundings.reforge.factor_per_step, "soundings per step")
+            )
+        for path, count, what in counts:
+            if count > most:
+                setting = "[llm_provider] max_soundings, AIRFLOW__LLM_PROVIDER__MAX_SOUNDINGS"
+                yield path, f"{count:,} {what}, over the limit of {most} ({setting})"
 
 
 SEMANTIC_SELECTION = (

@@ -17,10 +17,13 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord
+from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord, SharedRemainder
 from airflow_llm_provider.costs.ledger import Ledger, LedgerEntry, LedgerUnavailable, Scope, Spend
+
+if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.spec import Cascade
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class SharedBudgetExceeded(BudgetExceeded):
             "DAG or [llm_provider] config, or wait for the next day for a daily budget.",
         )
         self.limit, self.maximum, self.spent, self.estimate, self.phase = limit, maximum, spent, 0.0, phase
+        self.scope: str | None = what
 
 
 def _shown(limit: str, value: float) -> str:
@@ -142,6 +146,9 @@ class LedgerAccounting:
         self._ledger_warned = False
         self._declared = False
         self._near = False
+        # What each budget had left at its latest ledger sum: the engine keeps every request's
+        # output cap within it (budget index -> (tokens left, dollars left, scope)).
+        self._left: dict[int, tuple[float | None, float | None, str]] = {}
         missing = [b.tag for b in self.budgets if b.scope == "tag_day" and b.tag not in task.tags]
         if missing:
             log.info("tag_day budgets for %s do not apply: the DAG has no such tag", missing)
@@ -188,7 +195,7 @@ class LedgerAccounting:
     def before_call(self, phase: str, model: str) -> None:
         if not self._declared:
             self._declare()
-        for budget in self.budgets:
+        for index, budget in enumerate(self.budgets):
             scope, what, key = self._scope(budget)
             try:
                 spend = self.ledger.spent(scope)
@@ -197,6 +204,7 @@ class LedgerAccounting:
                 raise SharedBudgetExceeded(
                     what=f"{what} (unknown: {err})", limit="max_cost_usd", maximum=0, spent=0, phase=phase
                 ) from err
+            self._remember(index, budget, spend, what)
             for limit, maximum, spent in self._limits(budget, spend):
                 if spent >= maximum:
                     self._send_once(f"breach:{key}:{limit}", what, spent, maximum, limit, breached=True)
@@ -234,9 +242,10 @@ class LedgerAccounting:
                 log.warning("LLM calls are not being recorded in the cost ledger: %s", err)
                 self._ledger_warned = True
             return
-        for budget in self.budgets:
+        for index, budget in enumerate(self.budgets):
             scope, what, key = self._scope(budget)
             spend = self.ledger.spent(scope)
+            self._remember(index, budget, spend, what)
             for limit, maximum, spent in self._limits(budget, spend):
                 self._note(budget, spent, maximum)
                 if not budget.warn_at:
@@ -248,6 +257,29 @@ class LedgerAccounting:
 
     def near_limit(self) -> bool:
         return self._near
+
+    def remaining(self) -> SharedRemainder | None:
+        """The least any budget had left at its latest ledger sum, in tokens and in dollars. Calls
+        of other tasks in flight since that sum are not in it (the documented cross-task bound)."""
+        tokens = [(left, what) for left, _, what in self._left.values() if left is not None]
+        costs = [(left, what) for _, left, what in self._left.values() if left is not None]
+        if not tokens and not costs:
+            return None
+        least_tokens = min(tokens, key=lambda item: item[0]) if tokens else None
+        least_cost = min(costs, key=lambda item: item[0]) if costs else None
+        scopes = dict.fromkeys(item[1] for item in (least_tokens, least_cost) if item is not None)
+        return SharedRemainder(
+            tokens=int(least_tokens[0]) if least_tokens else None,
+            cost_usd=least_cost[0] if least_cost else None,
+            scope=" / ".join(scopes),
+        )
+
+    def _remember(self, index: int, budget: SharedBudget, spend: Spend, what: str) -> None:
+        self._left[index] = (
+            budget.max_tokens - spend.tokens if budget.max_tokens is not None else None,
+            budget.max_cost_usd - spend.cost_usd if budget.max_cost_usd is not None else None,
+            what,
+        )
 
     def _note(self, budget: SharedBudget, spent: float, maximum: float) -> None:
         # Past half of a limit (or its warning threshold, if lower) calls go one at a time.
@@ -276,3 +308,65 @@ class LedgerAccounting:
             first = True
         if first:
             self.alert(text)
+
+
+def configured_accounting(
+    task: TaskIdentity,
+    *,
+    budgets: Iterable[Mapping[str, Any] | SharedBudget] | None = None,
+    cascade_budgets: Iterable[Mapping[str, Any]] = (),
+    alert_slack_conn_id: str | None = None,
+    alert_slack_channel: str | None = None,
+) -> LedgerAccounting | None:
+    """The cost ledger and shared budgets a run draws from, as the deployment configures them:
+    ``budgets`` (a task's ``budgets=``), the cascade file's ``budgets:`` and ``[llm_provider]
+    budgets``, the ledger of ``[llm_provider] ledger_conn_id`` / ``ledger_path``, and budget alerts
+    to ``alert_slack_conn_id`` (default: the config's). ``None`` when the ledger is off and no
+    budget is declared. Used by the operators and by ``airflow-llm run`` alike; it reads the
+    Airflow config (and the ledger's connection), never the Airflow metadata DB.
+
+    :raises ValueError: a budget is invalid (the message names which one and its field).
+    """
+    import json
+
+    from airflow.providers.common.compat.sdk import conf
+
+    from airflow_llm_provider.costs.ledger import configured_ledger
+
+    configured = (conf.get("llm_provider", "budgets", fallback="") or "").strip()
+    try:
+        declared = (
+            parse_budgets(budgets, "budgets")
+            + parse_budgets(cascade_budgets, "cascade budgets")
+            + parse_budgets(json.loads(configured) if configured else [], "[llm_provider] budgets")
+        )
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+    if not declared and not conf.getboolean("llm_provider", "ledger_enabled", fallback=True):
+        return None
+    slack_conn_id = alert_slack_conn_id or conf.get("llm_provider", "alert_slack_conn_id", fallback="")
+    channel = alert_slack_channel or conf.get("llm_provider", "alert_slack_channel", fallback="")
+    alert = None
+    if slack_conn_id:
+        from airflow_llm_provider.notifications.slack import post_to_slack
+
+        def alert(text: str) -> None:
+            post_to_slack(slack_conn_id, text, channel=channel or None)
+
+    return LedgerAccounting(configured_ledger(), task, declared, alert=alert)
+
+
+def command_line_identity(cascade: Cascade, *, now: dt.datetime | None = None) -> TaskIdentity:
+    """Who a run of ``airflow-llm run`` is in the ledger: the DAG the cascade renders to (so it
+    draws from that DAG's ``dag_day`` budget), a run of its own, and the tags that DAG carries (so
+    ``tag_day`` budgets of those teams count it)."""
+    from airflow_llm_provider.cascade_dags import dag_id_for
+
+    started = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    tags = [*(cascade.airflow.tags if cascade.airflow is not None else []), "cascade"]
+    return TaskIdentity(
+        dag_id=dag_id_for(cascade),
+        run_id=f"cli__{started.isoformat()}",
+        task_id="airflow-llm-run",
+        tags=tuple(sorted(dict.fromkeys(tags))),
+    )

@@ -109,6 +109,17 @@ _COLUMNS = (
 )
 
 
+_LIKE_ESCAPE = "!"
+"""Not a backslash: PostgreSQL and SQLite would disagree on how to quote it in the SQL text."""
+
+
+def like_literal(value: str) -> str:
+    """``value`` for a LIKE pattern that matches it literally (with ``ESCAPE '!'``)."""
+    for char in (_LIKE_ESCAPE, "%", "_"):
+        value = value.replace(char, _LIKE_ESCAPE + char)
+    return value
+
+
 def _tags_column(tags: Iterable[str]) -> str:
     # ",team-a,nightly," so that one LIKE '%,tag,%' finds a tag exactly, in both databases.
     cleaned = [t.strip() for t in tags if t and t.strip()]
@@ -197,8 +208,10 @@ class Ledger:
                 clauses.append(f"{name} = {self.marker}")
                 params.append(value)
         if scope.tag is not None:
-            clauses.append(f"tags LIKE {self.marker}")
-            params.append(f"%,{scope.tag},%")
+            # The tag is matched literally: "_" and "%" in it are escaped, else team_a would also
+            # count team-a's (or any teamXa's) calls against its budget.
+            clauses.append(f"tags LIKE {self.marker} ESCAPE '{_LIKE_ESCAPE}'")
+            params.append(f"%,{like_literal(scope.tag)},%")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def spent(self, scope: Scope) -> Spend:

@@ -29,9 +29,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airflow_llm_provider.cascades.errors import CascadeValidationError, ValidationIssue
+from airflow_llm_provider.deployments.kcli_args import params_problems, value_problem
 
 PROVIDERS = ("qubinode", "kvm", "aws", "gcp", "azure")
 CLOUDS = ("aws", "gcp", "azure")
@@ -51,6 +52,24 @@ class VMDefaults(_Strict):
     image: str | None = None
     profile: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+
+    # kcli's argument rules (kcli_args.py) at parse time: a bad value is a DAG import error naming
+    # file, line and field, not a task failure on the hypervisor hours later.
+    @field_validator("image", "profile")
+    @classmethod
+    def _kcli_value(cls, value: str | None) -> str | None:
+        problem = None if value is None else value_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!a} {problem}")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _kcli_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = params_problems(value, "params")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class VMEntry(VMDefaults):
@@ -174,20 +193,21 @@ def check_deployment_spec(
     from pydantic import ValidationError
 
     # The cascade loader's machinery: YAML with line numbers, unknown-key hints, pydantic mapping.
-    from airflow_llm_provider.cascades.loader import _Collector, _parse, _prepass, _report_pydantic
+    from airflow_llm_provider.cascades.loader import _prepass, _report_pydantic
+    from airflow_llm_provider.cascades.parsing import Collector, parse_document
 
     if isinstance(source, Mapping):
-        collector = _Collector("<dict>", {})
+        collector = Collector("<dict>")
         data: Any = dict(source)
     else:
         path = Path(source)
-        collector = _Collector(str(path), {})
+        collector = Collector(str(path))
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             collector.issue((), f"cannot read file: {exc}")
             return None, collector.issues
-        data = _parse(text, path.suffix.lower(), collector)
+        data = parse_document(text, path.suffix.lower(), collector)
         if collector.issues:
             return None, collector.issues
     if not isinstance(data, dict):

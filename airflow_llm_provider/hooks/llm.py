@@ -10,6 +10,8 @@ pydantic-ai is imported inside methods only: this module is imported while DAGs 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,13 +139,19 @@ class LLMHook(BaseHook):
 
         from airflow.providers.common.ai.hooks.pydantic_ai import PydanticAIHook
 
+        # Before the model exists, so even an error while building it is scrubbed.
+        register_secrets(connection_secrets(connection))
         delegate = PydanticAIHook(llm_conn_id=self.llm_conn_id, model_id=self.model_override)
         if hasattr(delegate, "_seed_connection"):  # reuse our fetch, not a second one
             delegate._seed_connection(connection)
         model = delegate.get_conn()
+        # Keys the connection does not hold itself: fallback connections' keys, a provider's
+        # environment variable (OPENAI_API_KEY...) used when the password is empty.
+        register_secrets(model_secrets(model))
         if getattr(model, "model_name", None) == TEST_MODEL or type(model).__name__ == "TestModel":
             self.synthetic = True
         name = self.model_override or delegate._get_configured_model_name() or model.model_name
+        _set_request_timeout(model, self.timeout or connection.extra_dejson.get("timeout"))
         return model, str(name)
 
     def model_for(self, model: str | None) -> Model:
@@ -240,8 +248,87 @@ class LLMHook(BaseHook):
         try:
             self.get_conn()
         except Exception as err:
-            return False, f"{type(err).__name__}: {err}"
+            from airflow_llm_provider.cascades.redact import redact
+
+            # Shown in the UI's connection form: an error quoting the key must not show it.
+            return False, redact(f"{type(err).__name__}: {err}")
         return True, f"Model resolved: {self.describe()}"
+
+
+SECRET_EXTRA_KEY = re.compile(
+    r"api[_-]?key|token|secret|passw|passphrase|private[_-]?key|authorization|credential|keyfile|service_account",
+    re.IGNORECASE,
+)
+"""Extra fields whose values are credentials (``api_key``, ``aws_secret_access_key``,
+``headers.Authorization``...): anything below such a key is registered as a secret. Airflow's own
+list of sensitive names, so ``auth_type`` or ``aws_access_key_id`` (not secret, and short common
+words once registered would be masked everywhere) are left alone."""
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Register ``values`` with the engine's scrubber (errors in results, CLI output, Slack) and
+    with Airflow's secrets masker (task logs, rendered fields). Both skip trivially short values."""
+    from airflow_llm_provider.cascades.redact import MIN_SECRET_LENGTH, register_secret
+
+    for value in values:
+        if len(value) < MIN_SECRET_LENGTH:
+            continue
+        register_secret(value)
+        _airflow_mask_secret(value)
+
+
+def _airflow_mask_secret(value: str) -> None:
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # Airflow 2.x
+        from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
+    mask_secret(value)
+
+
+def connection_secrets(connection: Any) -> list[str]:
+    """The credentials an LLM connection holds: its password (the API key) and every value below
+    a credential-looking key of its extra, at any depth (a key inside ``headers``, for one)."""
+    found: list[str] = []
+    if getattr(connection, "password", None):
+        found.append(str(connection.password))
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, secret or bool(SECRET_EXTRA_KEY.search(str(key))))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item, secret)
+        elif secret and value not in (None, "") and not isinstance(value, bool):
+            found.append(str(value))
+
+    try:
+        extra = connection.extra_dejson
+    except Exception:  # an unreadable extra is common-ai's error to report, not ours
+        extra = {}
+    walk(extra, False)
+    return found
+
+
+def model_secrets(model: Any, _depth: int = 0) -> list[str]:
+    """API keys held by a built pydantic-ai model's client (``model.client.api_key`` for the OpenAI
+    and Anthropic SDKs), through ``FallbackModel.models`` and wrapper models' ``wrapped``."""
+    if model is None or _depth > 5:
+        return []
+    found: list[str] = []
+    try:
+        key = getattr(getattr(model, "client", None), "api_key", None)
+    except Exception:  # a provider whose client property builds something: nothing to read
+        key = None
+    if isinstance(key, str) and key:
+        found.append(key)
+    inner_models = getattr(model, "models", None)
+    for inner in inner_models if isinstance(inner_models, list | tuple) else []:
+        found += model_secrets(inner, _depth + 1)
+    wrapped = getattr(model, "wrapped", None)
+    if wrapped is not None:
+        found += model_secrets(wrapped, _depth + 1)
+    return found
 
 
 def model_map() -> dict[str, str]:
@@ -260,3 +347,20 @@ def model_map() -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError(f"[{CONFIG_SECTION}] model_map must be a JSON object of model id -> model id")
     return {str(k): v for k, v in value.items()}
+
+
+def _set_request_timeout(model: Model, seconds: float | str | None) -> None:
+    """Give ``model`` a request timeout: ``seconds`` (the hook's ``timeout``, else the connection's
+    ``extra.timeout``), else ``[llm_provider] llm_request_timeout`` (120 s) unless the model has one.
+    Without it the OpenAI client waits 600 s per try, 3 tries, for a server that never answers.
+    Model-level settings are pydantic-ai's defaults for every request made with the model."""
+    from pydantic_ai.settings import ModelSettings
+
+    from airflow_llm_provider.cascades.limits import configured_limits
+
+    settings: ModelSettings = {**(model.settings or {})}
+    if seconds:
+        settings["timeout"] = float(seconds)
+    else:
+        settings.setdefault("timeout", configured_limits().llm_request_timeout)
+    model._settings = settings  # what Model(settings=...) sets; there is no public setter

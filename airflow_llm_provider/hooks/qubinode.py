@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseHook
 
+from airflow_llm_provider.deployments.kcli_args import (
+    KcliArgumentError,
+    check_kcli_value,
+    params_problems,
+    value_problem,
+)
 from airflow_llm_provider.get_provider_info import QUBINODE_CONNECTION_TYPE
 
 if TYPE_CHECKING:
@@ -224,40 +230,32 @@ def _to_float(value: Any, what: str) -> float | None:
     return number if number > 0 else None
 
 
-def check_vm_name(name: Any) -> str:
-    """Refuse names kcli would misread: empty, option-like, or with control characters.
+def check_value(value: Any, what: str) -> str:
+    """A value that is an argv item of its own (a name, an option's value, a path): non-empty text,
+    not option-like, no control, format or separator character (``deployments/kcli_args.py``).
 
     Anything else (shell metacharacters included) reaches kcli as one literal argv item, quoted with
     ``shlex.quote`` over SSH; kcli itself decides what it accepts.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise QubinodeConfigError(f"A VM name must be a non-empty string, not {name!r}")
-    if name.startswith("-"):
-        raise QubinodeConfigError(f"VM name {name!r} starts with '-': kcli would read it as an option")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise QubinodeConfigError(f"VM name {name!r} contains a control character")
-    return name
+    try:
+        return check_kcli_value(value, what)
+    except KcliArgumentError as err:
+        raise QubinodeConfigError(str(err)) from None
+
+
+def check_vm_name(name: Any) -> str:
+    """Refuse names kcli would misread: empty, option-like, or with characters that do not print."""
+    return check_value(name, "VM name")
 
 
 def check_name(name: Any, what: str) -> str:
     """A plan or cluster name: the same rules as a VM name."""
-    try:
-        return check_vm_name(name)
-    except QubinodeConfigError as err:
-        raise QubinodeConfigError(
-            str(err).replace("VM name", f"{what} name").replace("A VM", f"A {what}")
-        ) from None
+    return check_value(name, f"{what} name")
 
 
 def check_path(value: Any, what: str) -> str:
-    """A path-like argument: non-empty text, not option-like, no control characters."""
-    if not isinstance(value, str) or not value.strip():
-        raise QubinodeConfigError(f"{what} must be a non-empty string, not {value!r}")
-    if value.startswith("-"):
-        raise QubinodeConfigError(f"{what} {value!r} starts with '-': it would be read as an option")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise QubinodeConfigError(f"{what} {value!r} contains a control character")
-    return value
+    """A path-like argument: the same rules as a name."""
+    return check_value(value, what)
 
 
 def env_assignments(variables: Mapping[str, Any]) -> list[str]:
@@ -306,9 +304,15 @@ def _as_list_of_dicts(data: Any, key: str) -> list[dict[str, Any]]:
 
 
 def format_param(key: str, value: Any) -> str:
-    """One kcli ``-P key=value`` item. Lists/dicts become JSON (which kcli's YAML parser reads)."""
+    """One kcli ``-P key=value`` item. Lists/dicts become JSON (which kcli's YAML parser reads).
+
+    No string in ``value``, at any depth, may hold a control, format or separator character (the
+    message names the key and the character, never the value: it may be a password)."""
     if not isinstance(key, str) or not PARAM_KEY.match(key):
-        raise QubinodeConfigError(f"Invalid kcli parameter name {key!r}")
+        raise QubinodeConfigError(f"Invalid kcli parameter name {key!a}")
+    problems = params_problems({key: value}, "kcli parameter")
+    if problems:
+        raise QubinodeConfigError("; ".join(problems))
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, str):
@@ -316,9 +320,7 @@ def format_param(key: str, value: Any) -> str:
     elif isinstance(value, int | float):
         text = str(value)
     else:
-        text = json.dumps(value, separators=(",", ":"))
-    if "\n" in text or "\0" in text:
-        raise QubinodeConfigError(f"kcli parameter {key!r} contains a newline or NUL")
+        text = json.dumps(value, separators=(",", ":"))  # ASCII-only: nothing unprintable survives
     return f"{key}={text}"
 
 
@@ -746,10 +748,17 @@ class QubinodeHook(BaseHook):
         s = self.settings
         argv = [os.path.expanduser(s.kcli_path) if s.mode == "local" else s.kcli_path]
         if s.kcli_client:
-            argv += ["-C", s.kcli_client]
+            argv += ["-C", check_value(s.kcli_client, "kcli_client")]
         if json_output:
             argv += ["-o", "json"]
         argv += [str(a) for a in args]
+        # Defence in depth: every kcli command is built here, right before it runs, so whatever
+        # path a value took (a verb method, run_kcli, a rendered template), nothing that does not
+        # print reaches kcli. Option-like items are the callers' to check: "-P", "-y" are meant.
+        for index, item in enumerate(argv):
+            problem = value_problem(item, option_like_ok=True)
+            if problem is not None:
+                raise QubinodeConfigError(f"kcli argument {index} {problem}; nothing was run")
         return argv
 
     def full_argv(self, argv: Sequence[str]) -> list[str]:
@@ -985,20 +994,21 @@ class QubinodeHook(BaseHook):
         check_vm_name(name)
         if image and profile:
             raise QubinodeConfigError("create_vm takes an image or a profile, not both")
-        existing = self.get_vm(name)
-        if existing is not None:
-            self.log.info("VM %r already exists on %s: not creating it again.", name, self.settings.target)
-            return existing
+        # Every value is checked before kcli is asked anything, the existence lookup included.
         args: list[str] = ["create", "vm"]
         if image:
-            args += ["-i", image]
+            args += ["-i", check_value(image, "image")]
         if profile:
-            args += ["-p", profile]
+            args += ["-p", check_value(profile, "profile")]
         for key, value in (params or {}).items():
             args += ["-P", format_param(key, value)]
         if wait:
             args.append("--wait")
         args.append(name)
+        existing = self.get_vm(name)
+        if existing is not None:
+            self.log.info("VM %r already exists on %s: not creating it again.", name, self.settings.target)
+            return existing
         self.run_kcli(*args, timeout=timeout)
         created = self.get_vm(name)
         if created is None:  # e.g. kcli exits 0 when genisoimage is missing
@@ -1219,19 +1229,19 @@ class QubinodeHook(BaseHook):
         """
         check_name(cluster, "cluster")
         if not isinstance(kind, str) or not KUBE_KIND.match(kind):
-            raise QubinodeConfigError(f"Invalid kube kind {kind!r} (e.g. generic, openshift, k3s)")
-        existing = self.get_kube(cluster)
-        if existing is not None:
-            self.log.info(
-                "Cluster %r already exists on %s: not creating it again.", cluster, self.settings.target
-            )
-            return existing
+            raise QubinodeConfigError(f"Invalid kube kind {kind!a} (e.g. generic, openshift, k3s)")
         args: list[str] = ["create", "kube", kind]
         if paramfile:
             args += ["--paramfile", check_path(paramfile, "paramfile")]
         for key, value in (params or {}).items():
             args += ["-P", format_param(key, value)]
         args.append(cluster)
+        existing = self.get_kube(cluster)
+        if existing is not None:
+            self.log.info(
+                "Cluster %r already exists on %s: not creating it again.", cluster, self.settings.target
+            )
+            return existing
         self.run(self.kcli_argv(*args), timeout=timeout, stream=True)
         created = self.get_kube(cluster)
         if created is None:

@@ -4,6 +4,13 @@ Everything goes through apache-airflow-providers-slack, so both of its connectio
 incoming webhook (``slackwebhook``) or the Web API (``slack``, which needs a ``channel``). An alert
 that cannot be delivered is logged as a WARNING and never fails the task it reports on.
 
+Every message is built by us from text we do not control (errors quoting model output, run ids,
+cascade names), so each such value goes through :func:`escape_slack` (Slack's own rule: ``&``,
+``<``, ``>`` as entities), which leaves ``<!channel>``, ``<@U123>`` and ``<http://x|y>`` inert, while
+the links we build ourselves (:func:`slack_link`) stay links. The engine's registered secrets (LLM
+keys) are scrubbed from every text before it is posted (:func:`post_to_slack`); error text also goes
+through Airflow's secrets masker (:func:`scrub`).
+
 Slack imports happen inside functions: DAG files import notifiers at parse time.
 """
 
@@ -21,8 +28,49 @@ log = logging.getLogger(__name__)
 _PHASE = re.compile(r"phase '([^']+)'")
 
 
+def escape_slack(value: Any) -> str:
+    """``value`` as Slack text that formats nothing: ``&``, ``<`` and ``>`` as ``&amp;``, ``&lt;``,
+    ``&gt;`` (Slack's escaping rule), so a model's ``<!channel>`` or ``<http://evil|click>`` shows
+    as typed instead of pinging a channel or disguising a link."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_link(url: str, label: str) -> str:
+    """A link we build (``<url|label>``): the URL's ``|`` percent-encoded and both parts escaped,
+    so neither can end the link early or smuggle in a mention."""
+    return f"<{escape_slack(url.replace('|', '%7C'))}|{escape_slack(label)}>"
+
+
+def scrub(text: str) -> str:
+    """Untrusted ``text`` (an error) without registered secrets: the engine's registry (LLM keys,
+    ``cascades.redact``) and Airflow's secrets masker (every connection password and secret this
+    process read). Only for the untrusted parts: Airflow's masker also masks short, common
+    passwords (``airflow``), which would break our own links and names."""
+    from airflow_llm_provider.cascades.redact import redact
+
+    text = redact(text)
+    try:
+        try:
+            from airflow.sdk.log import redact as airflow_redact
+        except ImportError:  # Airflow 2.x
+            from airflow.utils.log.secrets_masker import redact as airflow_redact  # type: ignore[no-redef]
+        redacted = airflow_redact(text)
+    except Exception as err:  # the masker is a second net; the first one has already run
+        log.debug("Airflow's secrets masker unavailable for a Slack message: %s", err)
+        return text
+    return redacted if isinstance(redacted, str) else text
+
+
 def post_to_slack(slack_conn_id: str, text: str, *, channel: str | None = None) -> bool:
-    """Send ``text`` through the connection; False (and a WARNING with the cause) if it failed."""
+    """Send ``text`` through the connection; False (and a WARNING with the cause) if it failed.
+
+    ``text`` is Slack markup as the caller built it: escape untrusted parts (model output, error
+    text) with :func:`escape_slack`. The engine's registered secrets (LLM keys) are scrubbed here,
+    whatever the caller did.
+    """
+    from airflow_llm_provider.cascades.redact import redact
+
+    text = redact(text)
     try:
         from airflow.providers.common.compat.sdk import BaseHook
 
@@ -59,26 +107,32 @@ def failure_text(context: Mapping[str, Any], *, cost_so_far: Any | None = None) 
     error = context.get("exception")
     cascade = getattr(task, "cascade", None)
     cascade_name = cascade.get("cascade_id") if isinstance(cascade, Mapping) else cascade
-    phase_match = _PHASE.search(str(error or ""))
+    # Scrubbed before it is cut to length, so a secret straddling the cut cannot leave a prefix.
+    error_text = scrub(str(error)) if error is not None else ""
+    phase_match = _PHASE.search(error_text)
+    e = escape_slack
     lines = [
-        f":red_circle: *{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')}* failed "
-        f"(run `{getattr(ti, 'run_id', '?')}`, try {getattr(ti, 'try_number', '?')})"
+        f":red_circle: *{e(getattr(ti, 'dag_id', '?'))}.{e(getattr(ti, 'task_id', '?'))}* failed "
+        f"(run `{e(getattr(ti, 'run_id', '?'))}`, try {e(getattr(ti, 'try_number', '?'))})"
     ]
     if cascade_name:
-        lines.append(f"Cascade: `{cascade_name}`" + (f", phase `{phase_match[1]}`" if phase_match else ""))
+        lines.append(
+            f"Cascade: `{e(cascade_name)}`" + (f", phase `{e(phase_match[1])}`" if phase_match else "")
+        )
     if error is not None:
-        lines.append(f"Error: {str(error)[:500]}")
+        lines.append(f"Error: {e(error_text[:500])}")
     if cost_so_far is not None:
         lines.append(f"LLM cost so far: {_money(cost_so_far.cost_usd)} ({cost_so_far.tokens:,} tokens)")
     log_url = getattr(ti, "log_url", None)
     if log_url:
-        lines.append(f"<{log_url}|Task log>")
+        lines.append(slack_link(str(log_url), "Task log"))
     return "\n".join(lines)
 
 
 def budget_text(scope: str, *, spent: float, limit: float, breached: bool, unit: str = "usd") -> str:
     shown = (lambda v: _money(v)) if unit == "usd" else (lambda v: f"{int(v):,} tokens")
     share = f"{spent / limit:.0%}" if limit else "n/a"
+    scope = escape_slack(scope)  # names a DAG, run or tag: not ours to trust
     if breached:
         return (
             f":no_entry: LLM budget for {scope} reached: {shown(spent)} spent of {shown(limit)}. "
@@ -88,8 +142,11 @@ def budget_text(scope: str, *, spent: float, limit: float, breached: bool, unit:
 
 
 def deadline_text(dag_id: str, run_id: str, deadline: Any = None) -> str:
-    when = f" ({deadline})" if deadline else ""
-    return f":alarm_clock: DAG *{dag_id}* run `{run_id}` missed its deadline{when} and is still not done."
+    when = f" ({escape_slack(deadline)})" if deadline else ""
+    return (
+        f":alarm_clock: DAG *{escape_slack(dag_id)}* run `{escape_slack(run_id)}` missed its deadline"
+        f"{when} and is still not done."
+    )
 
 
 class LLMFailureNotifier(BaseNotifier):

@@ -39,7 +39,10 @@ class CascadeRunState:
         self.budget_exceeded = False
 
     def fail(self, error: BaseException | str, *, budget_exceeded: bool = False) -> None:
-        self.status, self.error = "failed", str(error)
+        from airflow_llm_provider.cascades.redact import redact
+
+        # This text becomes OpenLineage's errorMessage facet: no registered secret in it.
+        self.status, self.error = "failed", redact(str(error))
         self.budget_exceeded = self.budget_exceeded or budget_exceeded
 
     def __repr__(self) -> str:  # SQL and errors stay out of logs and full task info
@@ -159,7 +162,8 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
         summary["usage"]["model"] = hook.model_name
         summary["usage"]["synthetic"] = hook.synthetic
         if result.status != "success":
-            message = f"cascade {cascade.cascade_id} failed: {result.error}"
+            # The exception text reaches the task log, the UI and failure callbacks (Slack).
+            message = f"cascade {cascade.cascade_id} failed: {summary['error']}"
             lineage_state(self).fail(message, budget_exceeded=result.budget_exceeded)
             if result.budget_exceeded:
                 raise AirflowFailException(message)  # retrying would spend the same money again
@@ -230,27 +234,10 @@ def ledger_accounting_for(task: Any, context: Any, cascade: Cascade | None = Non
     """The cost ledger and shared budgets for this task instance (None when the ledger is off and
     no budget is declared). Budgets come from the task (``budgets=``, also via ``default_args``),
     the cascade file (``budgets:``) and ``[llm_provider] budgets``; alerts go to
-    ``alert_slack_conn_id`` or the config's."""
-    import json
+    ``alert_slack_conn_id`` or the config's. One implementation for every entry point:
+    :func:`airflow_llm_provider.costs.budgets.configured_accounting`."""
+    from airflow_llm_provider.costs.budgets import TaskIdentity, configured_accounting
 
-    from airflow.providers.common.compat.sdk import conf
-
-    from airflow_llm_provider.costs.budgets import LedgerAccounting, TaskIdentity, parse_budgets
-    from airflow_llm_provider.costs.ledger import configured_ledger
-
-    configured = (conf.get("llm_provider", "budgets", fallback="") or "").strip()
-    try:
-        budgets = (
-            parse_budgets(getattr(task, "budgets", None), "budgets")
-            + parse_budgets(
-                [b.model_dump() for b in (cascade.budgets if cascade is not None else [])], "cascade budgets"
-            )
-            + parse_budgets(json.loads(configured) if configured else [], "[llm_provider] budgets")
-        )
-    except (ValueError, TypeError) as err:
-        raise AirflowFailException(f"invalid LLM budget: {err}") from None
-    if not budgets and not conf.getboolean("llm_provider", "ledger_enabled", fallback=True):
-        return None
     ti = context.get("ti") or context.get("task_instance")
     dag = context.get("dag")
     identity = TaskIdentity(
@@ -261,20 +248,16 @@ def ledger_accounting_for(task: Any, context: Any, cascade: Cascade | None = Non
         try_number=_int_or(getattr(ti, "try_number", None), 1),
         tags=tuple(sorted(getattr(dag, "tags", None) or ())),
     )
-    slack_conn_id = getattr(task, "alert_slack_conn_id", None) or conf.get(
-        "llm_provider", "alert_slack_conn_id", fallback=""
-    )
-    channel = getattr(task, "alert_slack_channel", None) or conf.get(
-        "llm_provider", "alert_slack_channel", fallback=""
-    )
-    alert = None
-    if slack_conn_id:
-        from airflow_llm_provider.notifications.slack import post_to_slack
-
-        def alert(text: str) -> None:
-            post_to_slack(slack_conn_id, text, channel=channel or None)
-
-    return LedgerAccounting(configured_ledger(), identity, budgets, alert=alert)
+    try:
+        return configured_accounting(
+            identity,
+            budgets=getattr(task, "budgets", None),
+            cascade_budgets=[b.model_dump() for b in (cascade.budgets if cascade is not None else [])],
+            alert_slack_conn_id=getattr(task, "alert_slack_conn_id", None),
+            alert_slack_channel=getattr(task, "alert_slack_channel", None),
+        )
+    except ValueError as err:
+        raise AirflowFailException(f"invalid LLM budget: {err}") from None
 
 
 def template_context(context: Any) -> dict[str, Any]:

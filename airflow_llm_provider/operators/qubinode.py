@@ -134,6 +134,23 @@ def scrub_exception(err: BaseException, secrets: Sequence[str]) -> None:
             setattr(err, name, scrub(getattr(err, name)))
 
 
+def check_kcli_fields(task: Any, fields: Sequence[str], params_field: str | None = None) -> None:
+    """Apply kcli's argument rules (``deployments/kcli_args.py``) to a task's values when it is
+    built, so a DAG author sees a bad name in the DAG import error, not in a failed run. Values not
+    known yet (empty, an ``XComArg``, a template rendering to something else) are checked again by
+    the hook, right before kcli runs."""
+    from airflow_llm_provider.deployments.kcli_args import check_kcli_value, params_problems
+
+    for name in fields:
+        value = getattr(task, name, None)
+        if isinstance(value, str) and value:
+            check_kcli_value(value, name)
+    if params_field is not None:
+        problems = params_problems(getattr(task, params_field, None), params_field)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
 def parse_ansible_recap(stdout: str) -> dict[str, dict[str, int]]:
     """``PLAY RECAP`` lines -> ``{host: {"ok": 2, "changed": 0, "failed": 0, ...}}``."""
     recap: dict[str, dict[str, int]] = {}
@@ -199,6 +216,7 @@ class QubinodeBaseOperator(QubinodeLineageMixin, BaseOperator):
         self.qubinode_conn_id = qubinode_conn_id
         self.kcli_client = kcli_client
         self.cmd_timeout = cmd_timeout
+        check_kcli_fields(self, ("kcli_client",))
 
     def get_hook(self) -> QubinodeHook:
         from airflow_llm_provider.hooks.qubinode import QubinodeHook
@@ -276,6 +294,7 @@ class QubinodeCreateVMOperator(QubinodeBaseOperator):
         self.profile = profile
         self.kcli_params = dict(kcli_params or {})
         self.wait = wait
+        check_kcli_fields(self, ("vm_name", "image", "profile"), "kcli_params")
 
     def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
         mask_secret_values(self.kcli_params)
@@ -304,6 +323,7 @@ class QubinodeDeleteVMOperator(QubinodeBaseOperator):
         super().__init__(**kwargs)
         self.vm_name = vm_name
         self.missing_ok = missing_ok
+        check_kcli_fields(self, ("vm_name",))
 
     def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
         deleted = hook.delete_vm(self.vm_name, missing_ok=self.missing_ok)
@@ -321,6 +341,7 @@ class QubinodeVMActionOperator(QubinodeBaseOperator):
             raise ValueError(f"action must be one of {VM_ACTIONS}, not {action!r}")
         self.vm_name = vm_name
         self.action = action
+        check_kcli_fields(self, ("vm_name",))
 
     def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
         if self.action not in VM_ACTIONS:
@@ -373,6 +394,7 @@ class QubinodePlanOperator(QubinodeBaseOperator):
         self.kcli_params = dict(kcli_params or {})
         self.paramfile = paramfile
         self.missing_ok = missing_ok
+        check_kcli_fields(self, ("plan", "plan_file", "url", "paramfile"), "kcli_params")
 
     def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
         if self.action == "delete":
@@ -427,6 +449,7 @@ class QubinodeKubeOperator(QubinodeBaseOperator):
         self.kcli_params = dict(kcli_params or {})
         self.paramfile = paramfile
         self.missing_ok = missing_ok
+        check_kcli_fields(self, ("cluster", "kind", "paramfile"), "kcli_params")
 
     def execute_with_hook(self, hook: QubinodeHook, context: Any) -> dict[str, Any]:
         if self.action == "delete":

@@ -44,11 +44,25 @@ class Reply:
     hang: bool = False
     raw_body: str | None = None
     usage: tuple[int, int] | None = None
+    """(prompt_tokens, completion_tokens) to report instead of the server's own count."""
+    ignore_max_tokens: bool = False
+    """Answer in full and report ``usage`` as scripted even past the request's ``max_tokens``."""
 
 
-def text(content: str, *, delay: float = 0.0, usage: tuple[int, int] | None = None) -> Reply:
-    """A plain assistant message."""
-    return Reply(content=content, delay=delay, usage=usage)
+def text(
+    content: str,
+    *,
+    delay: float = 0.0,
+    usage: tuple[int, int] | None = None,
+    ignore_max_tokens: bool = False,
+) -> Reply:
+    """A plain assistant message.
+
+    Like OpenAI's server, a request's ``max_completion_tokens`` (or ``max_tokens``) cuts the reply:
+    at most that many completion tokens are reported (also of a scripted ``usage``), the text is
+    cut to 4 characters a token and ``finish_reason`` is ``"length"``. ``ignore_max_tokens=True``
+    scripts a misbehaving upstream that answers and bills past the cap."""
+    return Reply(content=content, delay=delay, usage=usage, ignore_max_tokens=ignore_max_tokens)
 
 
 def tool_call(name: str, arguments: dict[str, Any], *, delay: float = 0.0) -> Reply:
@@ -56,11 +70,18 @@ def tool_call(name: str, arguments: dict[str, Any], *, delay: float = 0.0) -> Re
     return Reply(tool_calls=[(name, arguments)], delay=delay)
 
 
-def structured(data: Any, *, delay: float = 0.0, usage: tuple[int, int] | None = None) -> Reply:
+def structured(
+    data: Any,
+    *,
+    delay: float = 0.0,
+    usage: tuple[int, int] | None = None,
+    ignore_max_tokens: bool = False,
+) -> Reply:
     """Structured output: a call of the request's output tool (pydantic-ai's ``final_result``),
     or JSON content when the request asked for a ``json_schema`` response format. A ``str`` is
-    sent verbatim, so a test can send malformed JSON."""
-    return Reply(structured=data, delay=delay, usage=usage)
+    sent verbatim, so a test can send malformed JSON. ``max_tokens`` cuts it as for :func:`text`
+    (the arguments are then truncated JSON, as a real server's would be)."""
+    return Reply(structured=data, delay=delay, usage=usage, ignore_max_tokens=ignore_max_tokens)
 
 
 def error(
@@ -93,6 +114,9 @@ class RecordedRequest:
     arrived_at: float
     answered_at: float | None = None
     status: int | None = None
+    usage: tuple[int, int] | None = None
+    """(prompt_tokens, completion_tokens) the answer reported: what a provider would bill."""
+    finish_reason: str | None = None
 
     @property
     def model(self) -> str | None:
@@ -290,6 +314,15 @@ def _estimate_tokens(text_value: str) -> int:
     return max(1, len(text_value) // 4)
 
 
+def _output_cap(body: dict[str, Any]) -> int | None:
+    """The request's output cap: ``max_completion_tokens`` (current clients), else ``max_tokens``."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
 def _render(reply: Reply, request: RecordedRequest) -> tuple[int, str]:
     if reply.raw_body is not None:
         return 200, reply.raw_body
@@ -328,6 +361,16 @@ def _render(reply: Reply, request: RecordedRequest) -> tuple[int, str]:
         _estimate_tokens(prompt_text),
         _estimate_tokens(completion_text),
     )
+    finish_reason = "tool_calls" if calls else "stop"
+    cap = _output_cap(request.body)
+    if cap is not None and completion_tokens > cap and not reply.ignore_max_tokens:
+        # What an OpenAI server does: it stops generating at the cap, bills the cap and says why.
+        completion_tokens, finish_reason = cap, "length"
+        if isinstance(message.get("content"), str):
+            message["content"] = message["content"][: cap * 4]
+        for call in message.get("tool_calls", []):
+            call["function"]["arguments"] = call["function"]["arguments"][: cap * 4]
+    request.usage, request.finish_reason = (prompt_tokens, completion_tokens), finish_reason
     return 200, json.dumps(
         {
             "id": f"chatcmpl-{request.index}",
@@ -338,7 +381,7 @@ def _render(reply: Reply, request: RecordedRequest) -> tuple[int, str]:
                 {
                     "index": 0,
                     "message": message,
-                    "finish_reason": "tool_calls" if calls else "stop",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": {

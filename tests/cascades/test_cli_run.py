@@ -28,7 +28,8 @@ phases:
 def _run(tmp_path: Path, llm_server, *args: str, conn: bool = True) -> subprocess.CompletedProcess:
     path = tmp_path / "greet.yaml"
     path.write_text(CASCADE)
-    env = dict(os.environ)
+    # string.capwords is the standard library's, so the admin allows it explicitly (trust.py).
+    env = {**os.environ, "AIRFLOW__LLM_PROVIDER__ALLOWED_PYTHON_TOOLS": "string.capwords"}
     if conn:
         env["AIRFLOW_CONN_PYDANTICAI_DEFAULT"] = json.dumps(llm_server.connection(model="gpt-4o-mini"))
     return subprocess.run(

@@ -66,6 +66,17 @@ def test_spent_sums_by_scope(ledger):
     assert ledger.spent(Scope(dag_id="nothing")).cost_usd == 0
 
 
+def test_a_tag_is_matched_literally_not_as_a_like_pattern(ledger):
+    """``_`` and ``%`` are LIKE wildcards: unescaped, team_a's budget would also count team-a."""
+    tags = ["team_a", "team-a", "teamXa", "100%", "1000", "a!b", "a!!b", "x_%_y"]
+    ledger.record([entry(run_id=tag, cost_usd=float(2**i), tags=(tag,)) for i, tag in enumerate(tags)])
+    for i, tag in enumerate(tags):
+        assert ledger.spent(Scope(tag=tag)).cost_usd == float(2**i), tag
+        assert [row["run_id"] for row in ledger.entries(Scope(tag=tag))] == [tag]
+    assert ledger.spent(Scope(tag="%")).cost_usd == 0
+    assert ledger.spent(Scope(tag="_")).cost_usd == 0
+
+
 def test_grouped_for_the_cost_page(ledger):
     ledger.record(
         [

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_llm_provider.cascades.limits import LimitExceeded, clip
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
@@ -57,12 +58,21 @@ class CascadeSoundingsMixin(RunnerBase):
         if soundings is None or self._cascade_sounding is not None:
             return 1
         if isinstance(soundings.factor, int):
-            return soundings.factor
-        try:
-            return max(1, int(self.render(soundings.factor, {"input": dict(inputs)}).strip()))
-        except Exception:
-            self._emit(f"cascade soundings: factor {soundings.factor!r} is not a number; running once")
-            return 1
+            factor = soundings.factor
+        else:
+            try:
+                factor = max(1, int(self.render(soundings.factor, {"input": dict(inputs)}).strip()))
+            except LimitExceeded as err:  # a template over its limits is an error, not "once"
+                raise PhaseFailed(self.cascade.phases[0].name, f"cascade soundings.factor: {err}") from err
+            except Exception:
+                self._emit(f"cascade soundings: factor {soundings.factor!r} is not a number; running once")
+                return 1
+        most = self.options.limits.max_soundings
+        if factor > most:  # before any run, runner or task is made
+            source = f" (rendered from {soundings.factor!r})" if isinstance(soundings.factor, str) else ""
+            why = LimitExceeded("max_soundings", most, f"cascade soundings.factor is {factor:,}{source}")
+            raise PhaseFailed(self.cascade.phases[0].name, str(why))
+        return factor
 
     async def _run_cascade_soundings(self, inputs: Mapping[str, Any], factor: int) -> Any:
         soundings = self.cascade.soundings
@@ -142,7 +152,7 @@ class CascadeSoundingsMixin(RunnerBase):
         instructions = JUDGE_INSTRUCTIONS
         if soundings.evaluator_instructions:
             instructions = self.render(soundings.evaluator_instructions)
-        listing = "\n\n".join(f"## Run {n}\n{_to_text(final)}" for n, final in enumerate(finals, 1))
+        listing = "\n\n".join(f"## Run {n}\n{self._run_text(final)}" for n, final in enumerate(finals, 1))
         prompt = (
             f"{listing}\n\nAnswer with the number (1-{len(finals)}) of the best run, then one sentence why."
         )
@@ -161,9 +171,13 @@ class CascadeSoundingsMixin(RunnerBase):
             return "\n\n".join(_to_text(final) for final in finals)
 
         name = soundings.aggregator_model or self.options.model or self.cascade.defaults.model
-        listing = "\n\n".join(f"## Run {n}\n{_to_text(final)}" for n, final in enumerate(finals, 1))
+        listing = "\n\n".join(f"## Run {n}\n{self._run_text(final)}" for n, final in enumerate(finals, 1))
         instructions = self.render(soundings.aggregator_instructions)
         return await self._soundings_call("aggregator", name, instructions, listing)
+
+    def _run_text(self, final: Any) -> str:
+        """A run's final output as the judge or aggregator reads it, within ``max_reply_chars``."""
+        return clip(_to_text(final), self.options.limits.max_reply_chars, "run output")
 
     async def _soundings_call(self, role: str, model: str | None, instructions: str, prompt: str) -> Any:
         """One guarded call of the evaluator or aggregator; a failed call fails the run."""

@@ -11,7 +11,8 @@
   them) while they run: under Airflow they run inside the task of the phase that started them.
 
 Children share the parent's usage, budget and concurrency slots; nesting stops at
-``MAX_CASCADE_DEPTH``. Each child file is resolved relative to the parent cascade's folder.
+``MAX_CASCADE_DEPTH``, and the whole run tree starts at most ``max_sub_cascade_runs`` children.
+Each child file is resolved relative to the parent cascade's folder.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import PhaseFailed
-from airflow_llm_provider.cascades.run.tool_phase import MAX_CASCADE_DEPTH
+from airflow_llm_provider.cascades.run.tool_phase import MAX_CASCADE_DEPTH, count_sub_run
 from airflow_llm_provider.cascades.spec import AsyncCascade, CascadeRef, Phase, SubCascade
 from airflow_llm_provider.cascades.templates import is_template
 
@@ -42,9 +42,8 @@ class ChildrenMixin(RunnerBase):
 
         if self.depth >= MAX_CASCADE_DEPTH:
             raise RecursionError(f"sub-cascades nest deeper than {MAX_CASCADE_DEPTH} levels at '{reference}'")
-        path = Path(reference)
-        if not path.is_absolute():
-            path = (self.base_dir or Path.cwd()) / path
+        count_sub_run(self, reference)
+        path = self._cascade_path(reference)
         # type(self): the assembled runner (CascadeRunner), which this concern does not import.
         return type(self)(load_cascade(path), self.options, parent=self, base_dir=path.parent)
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_llm_provider.cascades.graph import source_name
+from airflow_llm_provider.cascades.limits import clip
 from airflow_llm_provider.cascades.run.budget_context import (
     Block,
     Candidate,
@@ -108,9 +109,9 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
         blocks: list[Block] = []
         include_input = phase.context.include_input if phase.context is not None else True
         if include_input and self._input:
-            blocks.append(Block("Input", _to_text(self._input), kind="input"))
+            blocks.append(Block("Input", self._clipped(self._input, "input"), kind="input"))
         if extra and "item" in extra:
-            blocks.append(Block("Item", _to_text(extra["item"]), anchor=True, kind="item"))
+            blocks.append(Block("Item", self._clipped(extra["item"], "item"), anchor=True, kind="item"))
         for name, source in self._sources(phase):
             if name not in self._outputs:
                 continue  # not run (yet): Windlass skips it
@@ -118,6 +119,12 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
                 continue
             blocks.extend(self._source_blocks(name, source))
         return blocks
+
+    def _clipped(self, value: Any, what: str) -> str:
+        """``value`` as prompt text, cut to ``max_reply_chars`` with a marker: a reply or tool
+        result of megabytes must not be paid for again in every later prompt. The stored value
+        (``outputs``, state) stays whole for templates and tools."""
+        return clip(_to_text(value), self.options.limits.max_reply_chars, what)
 
     def _sources(self, phase: Phase) -> list[tuple[str, ContextSource]]:
         """``context.from`` resolved like graph.context_sources, each name with its settings."""
@@ -157,17 +164,20 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
         role = source.as_role
         blocks: list[Block] = []
         if "output" in source.include:
-            blocks.append(Block(f"Output of {name}", _to_text(self._outputs[name]), role, name))
+            text = self._clipped(self._outputs[name], "output")
+            blocks.append(Block(f"Output of {name}", text, role, name))
         if "state" in source.include:
             keys = self._state_keys.get(name, [])
             values = {key: self._state[key] for key in keys if key in self._state}
             if values:
-                blocks.append(Block(f"State of {name}", _to_text(values), role, name, kind="state"))
+                text = self._clipped(values, "state")
+                blocks.append(Block(f"State of {name}", text, role, name, kind="state"))
         if "messages" in source.include:
             messages = _filtered(self._conversations.get(name, []), source.messages_filter)
             if messages:
                 lines = "\n\n".join(f"[{m['role']}] {m['content']}" for m in messages)
-                blocks.append(Block(f"Conversation of {name}", lines, role, name, kind="messages"))
+                text = self._clipped(lines, "conversation")
+                blocks.append(Block(f"Conversation of {name}", text, role, name, kind="messages"))
         return blocks  # "images": no phase of ours produces images
 
     # -- context.mode: auto ----------------------------------------------------------------------
@@ -186,15 +196,15 @@ class ContextMixin(ChildrenMixin, MemoryMixin):
         executed = list(dict.fromkeys(e["phase"] for e in self._lineage_view() if e["phase"] != phase.name))
         anchors: list[Block] = []
         if "input" in anchors_spec.include and self._input:
-            anchors.append(Block("Input", _to_text(self._input), anchor=True, kind="input"))
+            anchors.append(Block("Input", self._clipped(self._input, "input"), anchor=True, kind="input"))
         if extra and "item" in extra:
-            anchors.append(Block("Item", _to_text(extra["item"]), anchor=True, kind="item"))
+            anchors.append(Block("Item", self._clipped(extra["item"], "item"), anchor=True, kind="item"))
         anchored: set[str] = set()
         for reference in anchors_spec.from_phases:
             for name in _resolve(reference, executed):
                 if "output" in anchors_spec.include and name in self._outputs and name not in anchored:
                     anchored.add(name)
-                    text = _to_text(self._outputs[name])
+                    text = self._clipped(self._outputs[name], "output")
                     anchors.append(Block(f"Output of {name}", text, phase=name, anchor=True))
         if "errors" in anchors_spec.include:
             errors = [

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -14,15 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_llm_provider.cascades.cache import content_hash
+from airflow_llm_provider.cascades.limits import Tally
 from airflow_llm_provider.cascades.run.results import PhaseFailed, PhaseRun, RunOptions
 from airflow_llm_provider.cascades.spec import Cascade, Phase
 from airflow_llm_provider.cascades.templates import is_template, sandboxed_environment
 from airflow_llm_provider.cascades.tools import ToolRegistry
+from airflow_llm_provider.cascades.trust import python_tool_policy
 from airflow_llm_provider.cascades.usage import (
     BudgetGuard,
+    CallAccount,
     CallObserver,
     CallRecord,
-    ModelPrice,
+    Reservation,
     UsageTracker,
     estimate_tokens,
     price_call,
@@ -52,13 +57,18 @@ class RunnerCore:
     ) -> None:
         self.cascade = cascade
         self.options = options or RunOptions()
-        tools = self.options.tools
-        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         # A sub-cascade spends from its parent's usage and budget, and resolves its own files
         # (sql:, cascade:) relative to its own folder.
         self.depth: int = parent.depth + 1 if parent else 0
         self.base_dir = base_dir or self.options.base_dir
+        # The top cascade's folder: its children (in subfolders) may name files anywhere under it.
+        self.root_dir: Path | None = parent.root_dir if parent else self.base_dir
+        tools = self.options.tools
+        registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self.tools = registry.with_policy(python_tool_policy(self.root_dir))
         self.usage: UsageTracker = parent.usage if parent else UsageTracker()
+        # Child cascade runs of the whole run tree, against limits.max_sub_cascade_runs (children.py).
+        self.sub_runs: Tally = parent.sub_runs if parent else Tally()
         self.budget: BudgetGuard = (
             parent.budget
             if parent
@@ -117,6 +127,23 @@ class RunnerCore:
         if path is None:
             raise FileNotFoundError(f"template file '{relative.strip()}' not found from {self.base_dir}")
         return path.read_text(encoding="utf-8")
+
+    def _tool_folders(self) -> list[Path]:
+        """Where cascades usable as tools by ``cascade_id`` are looked up (see references.py)."""
+        from airflow_llm_provider.cascades.references import tool_path_of_folder
+
+        return tool_path_of_folder(self.base_dir, self.options.tool_path)
+
+    def _cascade_path(self, relative: str) -> Path:
+        """A file a cascade names (``sql:``, ``cascade:``, a sub-cascade ``ref``), relative to its
+        folder and confined to the run's folder tree or the tool path (``trust.py``)."""
+        from airflow_llm_provider.cascades.trust import confined_path
+
+        here = self.base_dir or Path.cwd()
+        path, why = confined_path(relative.strip(), here, [self.root_dir or here, *self._tool_folders()])
+        if path is None:
+            raise PermissionError(f"cascade file reference refused: {why}")
+        return path
 
     def _render_value(self, value: Any, extra: Mapping[str, Any] | None) -> Any:
         """Render tool inputs. A value that is one ``{{ expression }}`` keeps its native type
@@ -241,37 +268,47 @@ class RunnerCore:
     ) -> Any:
         """One LLM call holding a concurrency slot from the budget check to the usage record, so a
         call that waited for its slot is checked against what the calls before it really spent
-        (otherwise parallel phases or soundings would all pass the check before any of them ran)."""
+        (otherwise parallel phases or soundings would all pass the check before any of them ran).
+
+        Every model request of the call goes through :func:`_budgeted_model`: it reserves its worst
+        case in the run's budget before it is sent, with an output cap (``max_tokens``) sized to
+        what the budgets have left, and settles with the usage the server reported. A call that
+        fails still records what its answered requests spent. ``estimated_input_tokens`` is the
+        caller's estimate of the prompt, a floor for the first request's own estimate."""
         async with self._slots:
             # Near a shared budget's limit, this task's calls go one at a time, so each is checked
             # against everything spent before it: the overshoot stays within one call.
             serial = self._one_at_a_time if self.observer and self.observer.near_limit() else None
             async with serial or contextlib.nullcontext():
-                self._before_call(
+                self._before_call(phase, model=model)
+                account = CallAccount(
+                    self.budget,
                     phase,
-                    model=model,
-                    estimated_input_tokens=estimated_input_tokens,
+                    model,
                     declared=self.options.declared_price,
+                    shared=getattr(self.observer, "remaining", None),
+                    minimum_input_estimate=estimated_input_tokens,
                 )
+                kwargs = _with_model_id_settings(model, run_kwargs)
+                kwargs["model"] = _budgeted_model_class()(kwargs.get("model") or agent.model, account)
                 started = time.monotonic()
-                result = await agent.run(prompt, **_with_model_id_settings(model, run_kwargs))
-                self._record(label, model, result, attempt=attempt, sounding=sounding, started=started)
+                try:
+                    result = await agent.run(prompt, **kwargs)
+                except BaseException:
+                    self._record_unfinished(
+                        label, account, attempt=attempt, sounding=sounding, started=started
+                    )
+                    raise
+                self._record(
+                    label, model, result, attempt=attempt, sounding=sounding, started=started, account=account
+                )
         if label == phase and sounding is None:  # the phase's own call: its conversation (context.py)
             self._conversations[phase] = conversation_of(result)
         return result
 
-    def _before_call(
-        self,
-        phase: str,
-        *,
-        model: str,
-        estimated_input_tokens: int,
-        declared: ModelPrice | None = None,
-    ) -> None:
-        """The run's own budget, then whoever else counts (raises BudgetExceeded to stop the call)."""
-        self.budget.check_before_call(
-            phase, model=model, estimated_input_tokens=estimated_input_tokens, declared=declared
-        )
+    def _before_call(self, phase: str, *, model: str) -> None:
+        """Whoever counts beyond the run (shared budgets) may refuse the call (BudgetExceeded); the
+        run's own budget is checked per request, by the call's :class:`CallAccount`."""
         if self.observer is not None:
             self.observer.before_call(phase, model)
 
@@ -284,8 +321,9 @@ class RunnerCore:
         attempt: int = 1,
         sounding: int | None = None,
         started: float | None = None,
+        account: CallAccount | None = None,
     ) -> None:
-        """Count one agent run's requests, tokens and dollars."""
+        """Count one agent run's requests, tokens and dollars (releasing what its requests held)."""
         usage = result.usage if hasattr(result.usage, "requests") else result.usage()  # a method before
         input_tokens, output_tokens = usage.input_tokens or 0, usage.output_tokens or 0
         record = CallRecord(
@@ -299,9 +337,37 @@ class RunnerCore:
             sounding=sounding,
             duration_s=time.monotonic() - started if started is not None else 0.0,
         )
-        self.usage.record(record)
+        self.usage.record(record, held=account.held if account is not None else (0, 0.0))
         if self.observer is not None:
             self.observer.after_call(self.cascade.cascade_id, record)
+
+    def _record_unfinished(
+        self, label: str, account: CallAccount, *, attempt: int, sounding: int | None, started: float
+    ) -> None:
+        """A call that raised (budget stop, HTTP error, rejected output, cancellation) after some
+        of its requests answered: what they spent is real and must reach the run's usage and the
+        ledger, or a failing call could spend again and again unseen."""
+        if account.requests == 0:
+            return
+        record = CallRecord(
+            phase=label,
+            attempt=attempt,
+            model=account.model,
+            requests=account.requests,
+            input_tokens=account.input_tokens,
+            output_tokens=account.output_tokens,
+            cost_usd=price_call(
+                account.model, account.input_tokens, account.output_tokens, declared=account.declared
+            ),
+            sounding=sounding,
+            duration_s=time.monotonic() - started,
+        )
+        self.usage.record(record, held=account.held)
+        if self.observer is not None:
+            try:
+                self.observer.after_call(self.cascade.cascade_id, record)
+            except Exception as err:  # the call's own error is the one to report
+                log.warning("the spend of failed call %s was not written to the ledger: %s", label, err)
 
     def _lineage_view(self) -> list[dict[str, Any]]:
         """``lineage``: ``{phase, output}`` in the order phases finished; outputs handed in from
@@ -328,6 +394,109 @@ def _with_model_id_settings(model: str, run_kwargs: dict[str, Any]) -> dict[str,
     settings = dict(run_kwargs.get("model_settings") or {})
     settings["extra_body"] = {**(settings.get("extra_body") or {}), **wanted["extra_body"]}
     return {**run_kwargs, "model_settings": settings}
+
+
+# Keys of pydantic-ai's serialised messages whose values are sent to the model (the rest is
+# metadata: timestamps, ids, usage). Instructions are taken from the request parameters instead:
+# every request message repeats them, but they are sent once.
+_SENT_KEYS = frozenset({"content", "args", "tool_name"})
+
+
+def _request_input_bounds(messages: list[Any], parameters: Any) -> tuple[int, int]:
+    """(estimate, upper bound) of the prompt tokens of one model request.
+
+    The estimate is the usual 4 bytes a token, plus chat framing (4 tokens a message part, 8 a
+    request). The bound counts every UTF-8 byte as a token (a byte-level BPE token covers at least
+    one byte), plus 8 tokens a part and 32 a request of framing: no text prompt has more tokens."""
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+    from pydantic_core import to_json
+
+    size = parts = 0
+
+    def count(value: Any) -> None:
+        nonlocal size, parts
+        size += len(value.encode()) if isinstance(value, str) else len(to_json(value))
+        parts += 1
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in _SENT_KEYS and item is not None:
+                    count(item)
+                elif isinstance(item, dict | list):
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
+    instruction_parts = getattr(parameters, "instruction_parts", None)
+    if instruction_parts is not None:
+        for part in instruction_parts:
+            count(part.content)
+    else:  # no parameters' view of the instructions: the latest request's
+        requests = [m for m in messages if m.kind == "request"]
+        latest = getattr(requests[-1], "instructions", None) if requests else None
+        if latest:
+            count(latest)
+    for tool in [*getattr(parameters, "function_tools", []), *getattr(parameters, "output_tools", [])]:
+        count({"name": tool.name, "description": tool.description, "parameters": tool.parameters_json_schema})
+    output_object = getattr(parameters, "output_object", None)
+    if output_object is not None:
+        count(output_object.json_schema)
+    template = getattr(parameters, "prompted_output_template", None)
+    if template:
+        count(template)
+    return math.ceil(size / 4) + 4 * parts + 8, size + 8 * parts + 32
+
+
+async def _reserve_request(
+    account: CallAccount, messages: list[Any], settings: Any, parameters: Any
+) -> tuple[Reservation, Any]:
+    """Reserve one request in its call's account; the settings to send it with (the account's
+    output cap merged over whatever was set, which it never raises)."""
+    estimate, bound = _request_input_bounds(messages, parameters)
+    requested = (settings or {}).get("max_tokens")
+    reservation = await account.reserve(
+        input_estimate=estimate,
+        input_bound=bound,
+        requested_cap=requested if isinstance(requested, int) else None,
+    )
+    if reservation.output_cap is None:
+        return reservation, settings
+    return reservation, {**(settings or {}), "max_tokens": reservation.output_cap}
+
+
+@functools.cache
+def _budgeted_model_class() -> type[Any]:
+    """``BudgetedModel(model, account)``: ``model`` with each request reserved and capped in
+    ``account``. Built on first use: the engine imports pydantic-ai only when it calls a model."""
+    from pydantic_ai.models.wrapper import WrapperModel
+
+    class BudgetedModel(WrapperModel):
+        def __init__(self, wrapped: Any, account: CallAccount) -> None:
+            super().__init__(wrapped)
+            self.account = account
+
+        async def request(self, messages: Any, model_settings: Any, model_request_parameters: Any) -> Any:
+            reservation, settings = await _reserve_request(
+                self.account, messages, model_settings, model_request_parameters
+            )
+            try:
+                response = await self.wrapped.request(messages, settings, model_request_parameters)
+            except BaseException:
+                self.account.release(reservation)
+                raise
+            usage = response.usage
+            self.account.settle(reservation, usage.input_tokens or 0, usage.output_tokens or 0)
+            return response
+
+        def request_stream(self, *args: Any, **kwargs: Any) -> Any:
+            # A streamed reply's usage arrives with its last chunk; nothing in the engine streams,
+            # and a stream that slipped past the budget would be worse than this error.
+            raise NotImplementedError("budgeted LLM calls are not streamed")
+
+    return BudgetedModel
 
 
 def conversation_of(result: Any) -> list[dict[str, Any]]:
@@ -362,11 +531,15 @@ def _to_text(value: Any) -> str:
 
 
 def _describe(err: BaseException | None) -> str:
+    """An exception as one line for errors, progress lines and fallback prompts; registered
+    secrets scrubbed, since an upstream error body may quote the credential it was sent."""
     if err is None:
         return "unknown error"
     if isinstance(err, TimeoutError | asyncio.TimeoutError):
         return "timed out"
-    return f"{type(err).__name__}: {err}"
+    from airflow_llm_provider.cascades.redact import redact
+
+    return redact(f"{type(err).__name__}: {err}")
 
 
 def _is_file_reference(text: str) -> bool:

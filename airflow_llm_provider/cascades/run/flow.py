@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from airflow_llm_provider.cascades.graph import is_state_machine, next_in_list, phase_dependencies
+from airflow_llm_provider.cascades.limits import LimitExceeded
 from airflow_llm_provider.cascades.run.cascade_soundings import CascadeSoundingsMixin
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import CascadeResult, PhaseFailed, PhaseOutcome, PhaseRun
@@ -52,6 +53,7 @@ class FlowMixin(CascadeSoundingsMixin):
 
     async def execute(self, inputs: Mapping[str, Any]) -> Any:
         """Run every phase and return the final output; raises PhaseFailed or BudgetExceeded."""
+        self._use_limits()
         self._input = dict(inputs)
         self._check_models()  # an unusable model fails here, before any call is paid for
         factor = self._cascade_soundings_factor(inputs)
@@ -96,9 +98,20 @@ class FlowMixin(CascadeSoundingsMixin):
         return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
 
     def _prepare(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        self._use_limits()
         self._input = dict(inputs)
         for source, output in outputs.items():
             self._store(source, output)
+
+    def _use_limits(self) -> None:
+        """Render templates under the run's own template limits (``RunOptions.limits``); the core
+        builds its environment with the configured ones, the same unless a caller chose others."""
+        from airflow_llm_provider.cascades.templates import sandboxed_environment
+
+        if getattr(self._env, "limits", None) != self.options.limits:
+            self._env = sandboxed_environment(self.options.limits)
+            self._templates.clear()
+            self._expressions.clear()
 
     # -- control flow -----------------------------------------------------------------------
     async def _run_state_machine(self) -> Any:
@@ -187,6 +200,11 @@ class FlowMixin(CascadeSoundingsMixin):
             raise PhaseFailed(
                 phase.name, f"map_over '{phase.map_over}' is {type(items).__name__}, not a list"
             )
+        most = self.options.limits.max_map_items
+        if len(items) > most:  # before a single item's task is made
+            what = f"map_over '{phase.map_over}' has {len(items):,} items"
+            why = LimitExceeded("max_map_items", most, what)
+            raise PhaseFailed(phase.name, str(why))
 
         async def one(index: int, item: Any) -> Any:
             extra = {"item": item, "item_index": index}

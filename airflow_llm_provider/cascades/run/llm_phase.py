@@ -26,6 +26,27 @@ class LlmPhaseMixin(RunnerBase):
     async def _run_llm_phase(
         self, phase: Phase, extra: Mapping[str, Any] | None = None, label: str = ""
     ) -> tuple[Any, str | None]:
+        """The phase (one item of a mapped phase) within its wall-clock limit: its own ``timeout``,
+        else ``llm_phase_timeout``; a silent model must not hold a worker for hours."""
+        from airflow_llm_provider.cascades.spec import parse_duration
+
+        if phase.timeout is not None:
+            seconds, source = parse_duration(phase.timeout), f"the phase's timeout {phase.timeout!r}"
+        else:
+            seconds = self.options.limits.llm_phase_timeout
+            source = f"llm_phase_timeout={seconds:g}, the default of LLM phases without `timeout`"
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await self._llm_phase(phase, extra, label)
+        except TimeoutError as err:
+            if not deadline.expired():
+                raise  # a timeout of something inside, reported as such
+            raise PhaseFailed(phase.name, f"timed out after {seconds:g}s ({source})") from err
+
+    async def _llm_phase(
+        self, phase: Phase, extra: Mapping[str, Any] | None, label: str
+    ) -> tuple[Any, str | None]:
         # Context, token budget, then sub-cascades/on_start async cascades (context.py).
         system, user = await self._phase_prompts(phase, extra)
         model_name = self._model_name(phase)

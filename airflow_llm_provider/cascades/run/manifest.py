@@ -19,13 +19,11 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from airflow_llm_provider.cascades.references import (
     cascade_tool_names,
     find_cascade_tool,
-    tool_path_of_folder,
 )
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.spec import Phase
@@ -62,10 +60,6 @@ class ManifestMixin(RunnerBase):
     """Chooses a ``tackle: manifest`` phase's tools with one guarded selector call."""
 
     _manifest_choices: dict[tuple[str, int], asyncio.Task[list[str]]] | None = None
-
-    def _tool_folders(self) -> list[Path]:
-        """Where cascades usable as tools by ``cascade_id`` are looked up (see references.py)."""
-        return tool_path_of_folder(self.base_dir, self.options.tool_path)
 
     def _catalogue(self) -> dict[str, CatalogueEntry]:
         entries: dict[str, CatalogueEntry] = {}

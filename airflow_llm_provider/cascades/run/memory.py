@@ -13,7 +13,6 @@ from airflow_llm_provider.cascades.memory import MemoryStore, format_results, op
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.spec import Phase
-from airflow_llm_provider.cascades.tools import ToolRegistry
 
 log = logging.getLogger("airflow_llm_provider.cascades.runner")
 
@@ -44,9 +43,7 @@ class MemoryMixin(RunnerBase):
             f"Search the memory bank '{bank}': messages of earlier runs of cascades that use it.\n\n"
             "Args:\n    query: words to look for\n    limit: most messages to return"
         )
-        registry = ToolRegistry({name: self.tools.resolve(name) for name in self.tools.names()})
-        registry.register(bank, memory_tool)
-        self.tools = registry
+        self.tools.register(bank, memory_tool)  # this run's own copy of the registry (core.py)
 
     async def _remember(self, phase: Phase, messages: Sequence[dict[str, Any]]) -> None:
         """Save a phase's messages into the bank; a store that fails is a warning (as Windlass)."""

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_llm_provider.cascades.cache import PhaseCache
+from airflow_llm_provider.cascades.limits import Limits, configured_limits
 from airflow_llm_provider.cascades.memory import MemoryStore
+from airflow_llm_provider.cascades.redact import redact, redact_value
 from airflow_llm_provider.cascades.spec import Budget
 from airflow_llm_provider.cascades.tools import ToolRegistry
 from airflow_llm_provider.cascades.usage import CallObserver, ModelPrice, UsageTracker
@@ -25,7 +27,9 @@ class PhaseFailed(RuntimeError):
     """A phase could not produce an acceptable output; the cascade fails with this message."""
 
     def __init__(self, phase: str, message: str) -> None:
-        super().__init__(f"phase '{phase}': {message}")
+        # The message becomes the run's error (XCom, CLI output, alerts): an upstream body quoting
+        # a registered credential must not get that far, whichever concern built the message.
+        super().__init__(redact(f"phase '{phase}': {message}"))
         self.phase = phase
 
 
@@ -63,6 +67,9 @@ class RunOptions:
     """Filled in while the run goes (the operators' OpenLineage methods read it)."""
     call_observer: CallObserver | None = None
     """Told before and after every LLM call (the Airflow adapter's cost ledger and shared budgets)."""
+    limits: Limits = field(default_factory=configured_limits)
+    """Resource limits of the run and all its children (``cascades/limits.py``); by default the
+    ``[llm_provider]`` settings."""
 
 
 @dataclass
@@ -98,13 +105,17 @@ class CascadeResult:
     trace: list[PhaseRun] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of ``airflow-llm run`` and the operator's XCom."""
+        """The JSON shape of ``airflow-llm run`` and the operator's XCom.
+
+        The error is scrubbed again here, and so are outputs: a tool phase's ``on_error`` output
+        carries its error text, and a result may be built from texts that never passed
+        :class:`PhaseFailed` (a budget stop, a child cascade's error)."""
         return {
             "status": self.status,
-            "outputs": self.outputs,
-            "final": self.final,
+            "outputs": redact_value(self.outputs),
+            "final": redact_value(self.final),
             "usage": self.usage,
-            "error": self.error,
+            "error": redact(self.error) if self.error else self.error,
         }
 
 
@@ -118,4 +129,9 @@ class PhaseOutcome:
     usage: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "output": self.output, "route": self.route, "usage": self.usage}
+        return {
+            "phase": self.phase,
+            "output": redact_value(self.output),
+            "route": self.route,
+            "usage": self.usage,
+        }

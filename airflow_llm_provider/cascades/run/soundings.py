@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_llm_provider.cascades.limits import LimitExceeded, clip
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
 from airflow_llm_provider.cascades.run.judging import DEFAULT_EVALUATOR, Candidate
 from airflow_llm_provider.cascades.run.mutations import BUILT_IN_MUTATIONS, MutationsMixin
@@ -145,8 +146,18 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
             except ValueError:
                 factor = 1
         if factor > 1 and isinstance(soundings.models, Mapping):
-            return sum(config.factor for config in soundings.models.values())
-        return factor
+            factor = sum(config.factor for config in soundings.models.values())
+        return self._bounded_soundings(phase.name, factor, soundings.factor)
+
+    def _bounded_soundings(self, phase: str, count: int, declared: int | str) -> int:
+        """``count`` soundings, or PhaseFailed when over ``max_soundings``: checked before any
+        sounding, plan or task exists (a templated factor is only known here, at run time)."""
+        most = self.options.limits.max_soundings
+        if count > most:
+            source = f" (rendered from {declared!r})" if isinstance(declared, str) else ""
+            why = LimitExceeded("max_soundings", most, f"soundings.factor is {count:,}{source}")
+            raise PhaseFailed(phase, str(why))
+        return count
 
     def _plans(self, phase: Phase, count: int) -> list[SoundingPlan]:
         assert phase.soundings is not None
@@ -294,9 +305,11 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
         assert soundings is not None
         if not soundings.aggregator_instructions:
             return "\n\n".join(_to_text(c) for c in candidates)
+        limit = self.options.limits.max_reply_chars  # what the aggregator model reads
+        texts = [clip(_to_text(c), limit, "sounding output") for c in candidates]
 
         name = soundings.aggregator_model or self._model_name(phase)
-        listing = "\n\n".join(f"## Attempt {i + 1}\n{_to_text(c)}" for i, c in enumerate(candidates))
+        listing = "\n\n".join(f"## Attempt {i + 1}\n{text}" for i, text in enumerate(texts))
         instructions = self.render(soundings.aggregator_instructions)
         result = await self._ask(
             name, instructions, listing, phase=phase.name, label=f"{phase.name}:aggregator"

@@ -13,8 +13,8 @@ depth limit) and answers with the child's final output.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool
@@ -29,6 +29,7 @@ from airflow_llm_provider.cascades.run.tool_phase import CASCADE_PREFIX
 from airflow_llm_provider.cascades.spec import MANIFEST, Phase
 from airflow_llm_provider.cascades.tool_cache import MISS, ToolCache
 from airflow_llm_provider.cascades.tools import PYTHON_PREFIX, call_tool
+from airflow_llm_provider.cascades.trust import CONNECTION_ARGUMENTS, connection_ids, connection_refusal
 
 ROUTE_TO = "route_to"
 
@@ -117,7 +118,7 @@ class TackleMixin(ManifestMixin):
 
         from airflow_llm_provider.cascades.loader import load_cascade
 
-        child = load_cascade((self.base_dir or Path.cwd()) / reference[len(CASCADE_PREFIX) :].strip())
+        child = load_cascade(self._cascade_path(reference[len(CASCADE_PREFIX) :]))
 
         async def run_cascade_tool(input: dict[str, Any]) -> Any:
             return await self._run_sub_cascade(reference, input)
@@ -131,6 +132,7 @@ class TackleMixin(ManifestMixin):
     def _cached_tool(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` answering from ``tool_caching`` when the cascade caches ``name``'s results
         (unchanged otherwise): a hit skips the call, a success is stored."""
+        function = self._connection_checked(name, function)
         cache = self._tool_cache_of_run()
         if cache is None or cache.policy(name) is None or getattr(function, "__name__", "") == SET_STATE:
             return function  # a cached set_state would skip its write
@@ -149,6 +151,25 @@ class TackleMixin(ManifestMixin):
             return result
 
         return cached
+
+    def _connection_checked(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` refusing connection ids the cascade does not name (``trust.py``), when it
+        takes one; unchanged otherwise."""
+        try:
+            parameters = inspect.signature(function).parameters
+        except (TypeError, ValueError):
+            return function
+        if not any(key in parameters for key in CONNECTION_ARGUMENTS):
+            return function
+        allowed = connection_ids(self.cascade)
+
+        @functools.wraps(function)
+        async def checked(**arguments: Any) -> Any:
+            if (refusal := connection_refusal(name, arguments, allowed)) is not None:
+                raise PermissionError(refusal)
+            return await call_tool(function, arguments)
+
+        return checked
 
     def _tool_cache_of_run(self) -> ToolCache | None:
         config = self.cascade.tool_caching

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
+from airflow_llm_provider.cascades.limits import limit_in
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import PhaseFailed
@@ -56,6 +56,8 @@ class ToolPhaseMixin(RunnerBase):
             except BudgetExceeded:
                 raise  # spending limits are final, never a tool failure to retry
             except Exception as err:  # a tool's own failure: retried, then on_error or a failed phase
+                if limit_in(err) is not None:
+                    raise  # so are resource limits (a runaway sub-cascade must not be retried)
                 last_error = err
                 if attempt < attempts and retry is not None:
                     delay = _backoff(retry.backoff, retry.backoff_base_seconds, attempt)
@@ -80,7 +82,8 @@ class ToolPhaseMixin(RunnerBase):
 
         if self.depth >= MAX_CASCADE_DEPTH:
             raise RecursionError(f"sub-cascades nest deeper than {MAX_CASCADE_DEPTH} levels at '{reference}'")
-        path = (self.base_dir or Path.cwd()) / reference[len(CASCADE_PREFIX) :].strip()
+        count_sub_run(self, reference)
+        path = self._cascade_path(reference[len(CASCADE_PREFIX) :])
         # type(self): the assembled runner (CascadeRunner), which this concern does not import.
         child = type(self)(load_cascade(path), self.options, parent=self, base_dir=path.parent)
         self._emit(f"sub-cascade {child.cascade.cascade_id} ({path.name}): started")
@@ -93,7 +96,7 @@ class ToolPhaseMixin(RunnerBase):
         """``sql:path.sql``: the file, relative to the cascade's folder, rendered in the sandbox
         with the run's variables and the phase's rendered inputs (values still go as parameters)."""
         relative = phase.tool[len(SQL_PREFIX) :]  # type: ignore[index]
-        path = (self.base_dir or Path.cwd()) / relative
+        path = self._cascade_path(relative)
         if not path.is_file():
             raise FileNotFoundError(f"sql file '{relative}' not found at {path}")
         return self.render(path.read_text(), {**(extra or {}), "inputs": dict(arguments)})
@@ -115,6 +118,13 @@ class ToolPhaseMixin(RunnerBase):
         if len(phase.handoffs) == 1:
             return phase.handoffs[0].target
         return None
+
+
+def count_sub_run(runner: RunnerBase, reference: str) -> None:
+    """Count one more child cascade run in the run tree (shared through ``parent``); beyond
+    ``max_sub_cascade_runs`` raises :class:`LimitExceeded` before the child is even loaded."""
+    most = runner.options.limits.max_sub_cascade_runs
+    runner.sub_runs.add("max_sub_cascade_runs", most, f"sub-cascade '{reference}' not started")
 
 
 def _backoff(kind: str, base: float, attempt: int) -> float:
