@@ -14,7 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-CONFIG_SECTION = "llm_provider"
+from airflow_llm_provider.cascades.settings import SECTION as CONFIG_SECTION
+from airflow_llm_provider.cascades.settings import option
+
 ENV_PREFIX = f"AIRFLOW__{CONFIG_SECTION.upper()}__"
 
 
@@ -102,8 +104,6 @@ def configured_limits() -> Limits:
 
 def _read(kind: type) -> dict[str, Any]:
     """The settings of ``kind``'s number fields that are set, parsed."""
-    from airflow_llm_provider.cascades.settings import option
-
     values: dict[str, Any] = {}
     for spec in dataclasses.fields(kind):
         if spec.type not in (int, float, "int", "float"):

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from airflow_llm_provider.cascades.errors import CascadeValidationError, ValidationIssue
-from airflow_llm_provider.cascades.limits import configured_limits
+from airflow_llm_provider.cascades.limits import Limits, configured_limits
 from airflow_llm_provider.cascades.parsing import (
     YAML_SUFFIXES,
     Collector,
@@ -114,10 +114,11 @@ def check_cascade(
     the same way. Only valid files are cached (with their warnings), so errors are always fresh.
     What the file refers to (tools, validators, child cascades, files) is checked every time.
     """
+    limits = configured_limits()  # read once per check: DAG folders hold many files
     if isinstance(source, Mapping):
-        return _check_data(dict(source), Collector("<dict>"))
+        return _check_data(dict(source), Collector("<dict>"), limits)
     path = Path(source)
-    result = _check_file_cached(path)
+    result = _check_file_cached(path, limits)
     if result.cascade is None:
         return result
     from airflow_llm_provider.cascades.references import reference_issues
@@ -128,7 +129,7 @@ def check_cascade(
         return result
     collector = Collector(str(path))
     with contextlib.suppress(Exception):  # only for line numbers: the file parsed a moment ago
-        parse_document(path.read_text(encoding="utf-8"), path.suffix.lower(), collector)
+        parse_document(path.read_text(encoding="utf-8"), path.suffix.lower(), collector, limits.load)
     for field_path, message in found:
         collector.issue(field_path, message)
     return CheckResult(str(path), None, collector.issues, result.warnings)
@@ -143,8 +144,14 @@ def read_document(path: Path) -> Any:
         return None
 
 
-def _check_file_cached(path: Path) -> CheckResult:
-    entry = _cache_entry(path)
+def _check_file_cached(path: Path, limits: Limits) -> CheckResult:
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        collector = Collector(str(path))
+        collector.issue((), f"cannot read file: {exc}")
+        return _result(collector, None)
+    entry = _cache_entry(path, content, limits)
     if entry is not None:
         try:
             cached = json.loads(entry.read_bytes())
@@ -155,23 +162,19 @@ def _check_file_cached(path: Path) -> CheckResult:
             )
         except (OSError, ValueError, KeyError, TypeError):
             pass  # not cached yet, or an unreadable entry: validate
-    result = _check_file(path)
+    result = _check_file(path, content, limits)
     if entry is not None and result.cascade is not None:
         _store(entry, result)
     return result
 
 
-def _cache_entry(path: Path) -> Path | None:
+def _cache_entry(path: Path, content: bytes, limits: Limits) -> Path | None:
     cache_dir = _validation_cache_dir()
     if cache_dir is None:
         return None
-    try:
-        content = path.read_bytes()
-    except OSError:
-        return None
     # The configured limits decide validity too (a lowered max_soundings must re-check the file).
-    limits = repr(configured_limits()).encode()
-    key = hashlib.sha256(_validator_fingerprint() + limits + str(path.resolve()).encode() + b"\0" + content)
+    settings = repr(limits).encode()
+    key = hashlib.sha256(_validator_fingerprint() + settings + str(path.resolve()).encode() + b"\0" + content)
     return cache_dir / f"{key.hexdigest()}.json"
 
 
@@ -190,20 +193,20 @@ def _store(entry: Path, result: CheckResult) -> None:
         pass  # a read-only home only costs speed
 
 
-def _check_file(path: Path) -> CheckResult:
+def _check_file(path: Path, content: bytes, limits: Limits) -> CheckResult:
     collector = Collector(str(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
         collector.issue((), f"cannot read file: {exc}")
         return _result(collector, None)
     try:
-        data = parse_document(text, path.suffix.lower(), collector)
+        data = parse_document(text, path.suffix.lower(), collector, limits.load)
     except RecursionError:
         collector.issue((), "the document nests too deeply")
     if collector.issues:
         return _result(collector, None)
-    return _check_data(data, collector)
+    return _check_data(data, collector, limits)
 
 
 def _result(collector: Collector, cascade: Cascade | None) -> CheckResult:
@@ -213,7 +216,7 @@ def _result(collector: Collector, cascade: Cascade | None) -> CheckResult:
 # -- structure ----------------------------------------------------------------------------------
 
 
-def _check_data(data: Any, collector: Collector) -> CheckResult:
+def _check_data(data: Any, collector: Collector, limits: Limits) -> CheckResult:
     from pydantic import ValidationError
 
     from airflow_llm_provider.cascades.validate import semantic_issues, semantic_warnings
@@ -222,7 +225,7 @@ def _check_data(data: Any, collector: Collector) -> CheckResult:
         kind = "an empty document" if data is None else f"a {type(data).__name__}"
         collector.issue((), f"a cascade must be a mapping with `cascade_id` and `phases`, got {kind}")
         return _result(collector, None)
-    phases, most = data.get("phases"), configured_limits().load.max_cascade_phases
+    phases, most = data.get("phases"), limits.load.max_cascade_phases
     if isinstance(phases, list) and len(phases) > most:
         collector.issue(
             ("phases",),
@@ -238,7 +241,7 @@ def _check_data(data: Any, collector: Collector) -> CheckResult:
     except ValidationError as exc:
         _report_pydantic(exc, cleaned, collector)
         return _result(collector, None)
-    for path, message in semantic_issues(cascade):
+    for path, message in semantic_issues(cascade, limits):
         collector.issue(path, message)
     if collector.issues:
         return _result(collector, None)

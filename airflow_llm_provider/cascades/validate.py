@@ -57,8 +57,9 @@ _PYTHON_REF = re.compile(r"^python:[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 _TOOL_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 
 
-def semantic_issues(cascade: Cascade) -> list[Issue]:
-    """Every semantic problem of ``cascade`` (an empty list when it is valid)."""
+def semantic_issues(cascade: Cascade, limits: Limits | None = None) -> list[Issue]:
+    """Every semantic problem of ``cascade`` (an empty list when it is valid) under ``limits``
+    (default: the configured ones)."""
     names = [phase.name for phase in cascade.phases]
     known = set(names)
     issues: list[Issue] = []
@@ -80,7 +81,7 @@ def semantic_issues(cascade: Cascade) -> list[Issue]:
     for name, spec in cascade.validators.items():
         issues.extend(_template(spec.instructions, ("validators", name, "instructions"), known))
     issues.extend(_semantic_selection(cascade))
-    issues.extend(_soundings_limits(cascade, configured_limits()))
+    issues.extend(_soundings_limits(cascade, limits or configured_limits()))
     if cascade.soundings is not None and cascade.soundings.reforge is not None:
         issues.append(
             (

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord, SharedRemainder
+from airflow_llm_provider.cascades.budget import BudgetExceeded
+from airflow_llm_provider.cascades.usage import CallRecord, SharedRemainder
 from airflow_llm_provider.costs.ledger import Ledger, LedgerEntry, LedgerUnavailable, Scope, Spend
 
 if TYPE_CHECKING:

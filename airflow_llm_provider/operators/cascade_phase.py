@@ -168,8 +168,8 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
         return outputs
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, run_phase
-        from airflow_llm_provider.cascades.usage import BudgetExceeded
         from airflow_llm_provider.operators.cascade import run_options_for
 
         cascade = self._load()
@@ -222,8 +222,8 @@ class CascadeSoundingOperator(CascadePhaseOperator):
         self.sounding = sounding
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, run_sounding
-        from airflow_llm_provider.cascades.usage import BudgetExceeded
         from airflow_llm_provider.operators.cascade import run_options_for
 
         cascade = self._load()
@@ -273,8 +273,8 @@ class CascadeSoundingsJudgeOperator(CascadePhaseOperator):
         self.results = results
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, judge_soundings
-        from airflow_llm_provider.cascades.usage import BudgetExceeded
         from airflow_llm_provider.operators.cascade import run_options_for
 
         cascade = self._load()

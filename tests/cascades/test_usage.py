@@ -7,10 +7,9 @@ import threading
 import genai_prices
 import pytest
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded, BudgetGuard
 from airflow_llm_provider.cascades.spec import Budget
 from airflow_llm_provider.cascades.usage import (
-    BudgetExceeded,
-    BudgetGuard,
     CallRecord,
     ModelPrice,
     UsageTotals,

@@ -22,16 +22,9 @@ from pathlib import Path
 import pytest
 
 from airflow_llm_provider.cascades import load_cascade
+from airflow_llm_provider.cascades.budget import DEFAULT_OUTPUT_CAP, BudgetExceeded, BudgetGuard, CallAccount
 from airflow_llm_provider.cascades.runner import RunOptions, RunRecord, run_cascade
-from airflow_llm_provider.cascades.usage import (
-    DEFAULT_OUTPUT_CAP,
-    BudgetExceeded,
-    BudgetGuard,
-    CallAccount,
-    ModelPrice,
-    Reservation,
-    UsageTracker,
-)
+from airflow_llm_provider.cascades.usage import ModelPrice, Reservation, UsageTracker
 from airflow_llm_provider.costs.budgets import LedgerAccounting, TaskIdentity, parse_budgets
 from airflow_llm_provider.costs.ledger import LedgerEntry, Scope, SQLiteLedger
 from airflow_llm_provider.testing.openai_server import error, structured, text

@@ -19,11 +19,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.limits import LimitExceeded, clip
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
-from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 JUDGE_INSTRUCTIONS = (
     "You compare complete runs of the same workflow on the same input and pick the run whose final "

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.graph import source_name
 from airflow_llm_provider.cascades.limits import clip
 from airflow_llm_provider.cascades.run.budget_context import (
@@ -39,7 +40,7 @@ from airflow_llm_provider.cascades.run.memory import MemoryMixin
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import Anchors, ContextSource, IntraContext, Phase, Selection
 from airflow_llm_provider.cascades.templates import is_template
-from airflow_llm_provider.cascades.usage import BudgetExceeded, estimate_tokens
+from airflow_llm_provider.cascades.usage import estimate_tokens
 
 CONVERSATION_LIMIT = 100
 """Messages kept of one phase's conversation (the newest)."""

@@ -8,13 +8,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.graph import is_state_machine, next_in_list, phase_dependencies
 from airflow_llm_provider.cascades.limits import LimitExceeded
 from airflow_llm_provider.cascades.run.cascade_soundings import CascadeSoundingsMixin
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import CascadeResult, PhaseFailed, PhaseOutcome, PhaseRun
 from airflow_llm_provider.cascades.spec import DEFAULT_MAX_PHASE_VISITS, END, Phase
-from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 
 class FlowMixin(CascadeSoundingsMixin):

@@ -8,13 +8,14 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.cache import CachedPhase, cache_key
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.run.state_tools import recording_state_writes
 from airflow_llm_provider.cascades.spec import Phase
-from airflow_llm_provider.cascades.usage import BudgetExceeded, CallRecord, estimate_tokens
+from airflow_llm_provider.cascades.usage import CallRecord, estimate_tokens
 
 if TYPE_CHECKING:
     from pydantic_ai.settings import ModelSettings

@@ -14,11 +14,11 @@ The template texts are ours; Windlass has eight per mode too.
 
 from __future__ import annotations
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import Phase, Soundings
-from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 REWRITE_TEMPLATES = (
     "Rewrite the prompt so that it is more precise: spell out what a complete answer contains.",

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.limits import LimitExceeded, clip
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
 from airflow_llm_provider.cascades.run.judging import DEFAULT_EVALUATOR, Candidate
@@ -21,7 +22,6 @@ from airflow_llm_provider.cascades.run.mutations import BUILT_IN_MUTATIONS, Muta
 from airflow_llm_provider.cascades.run.reforge import ReforgeMixin
 from airflow_llm_provider.cascades.run.results import PhaseFailed, PhaseOutcome
 from airflow_llm_provider.cascades.spec import Phase, Soundings, validator_label
-from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 MUTATIONS = BUILT_IN_MUTATIONS
 """``mutation_mode`` -> the built-in mutation templates (kept under its old name)."""

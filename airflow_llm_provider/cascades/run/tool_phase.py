@@ -7,13 +7,13 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.limits import limit_in
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 from airflow_llm_provider.cascades.spec import Phase
 from airflow_llm_provider.cascades.tools import call_tool
-from airflow_llm_provider.cascades.usage import BudgetExceeded
 
 SQL_PREFIX = "sql:"
 SQL_TOOL_ARGUMENTS = ("conn_id", "parameters", "max_rows")
