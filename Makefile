@@ -37,9 +37,9 @@ install-airflow2: $(VENV_AF2)/.installed ## .venv-af2: the same on Airflow 2.11
 
 lock: $(UV) ## re-resolve both dependency locks from pyproject.toml
 	$(UV) pip compile -q --python-version 3.11 pyproject.toml requirements/airflow3.in \
-	    --extra dev --extra ssh --extra celery -o requirements/airflow3.lock
+	    --extra dev --extra ssh --extra celery --extra data --extra charts -o requirements/airflow3.lock
 	$(UV) pip compile -q --python-version 3.11 pyproject.toml requirements/airflow2.in \
-	    --extra dev --extra ssh --extra celery -o requirements/airflow2.lock
+	    --extra dev --extra ssh --extra celery --extra data --extra charts -o requirements/airflow2.lock
 
 up: install ## Airflow standalone with this provider and dags/ on http://localhost:8080
 	$(VENV)/bin/python scripts/airflow_up.py

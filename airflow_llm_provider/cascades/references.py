@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_llm_provider.cascades.errors import FieldPath
+from airflow_llm_provider.cascades.refused import REFUSED_TOOLS
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
+from airflow_llm_provider.cascades.tools.builtin import builtin_tool, unavailable_reason
 from airflow_llm_provider.cascades.trust import PythonToolPolicy, confined_path, python_tool_policy
 
 Issue = tuple[FieldPath, str]
@@ -29,8 +31,8 @@ Issue = tuple[FieldPath, str]
 TOOL_PATH_ENV = "AIRFLOW_LLM_TOOL_PATH"
 TOOL_FOLDERS = ("tackle", "cascades")
 """Siblings of a cascade's folder searched for tool cascades, as Windlass's ``tackle_dirs``."""
-ENGINE_TOOLS = frozenset({"route_to", "set_state"})
-"""Tools the engine itself offers (``route_to`` on phases with handoffs, ``set_state``)."""
+ROUTE_TO = "route_to"
+"""Offered by the engine on phases with handoffs (run/tackle.py)."""
 _SUFFIXES = (".yaml", ".yml", ".json")
 _MAX_INDEXED_FILES = 2000
 """A tool folder larger than this is a mistake (e.g. a data folder); we stop indexing there."""
@@ -220,7 +222,7 @@ def reference_issues(
     the caller registers (the Airflow adapters' and the user's)."""
     folders = tool_path(cascade_file, extra_tool_path)
     base = cascade_file.resolve().parent
-    resolver = _Resolver(cascade, set(tools) | ENGINE_TOOLS, folders, python_tool_policy(base))
+    resolver = _Resolver(cascade, {*tools, ROUTE_TO}, folders, python_tool_policy(base))
     issues: list[Issue] = []
     for index, phase in enumerate(cascade.phases):
         issues.extend(_phase_issues(phase, ("phases", index), base, resolver))
@@ -239,10 +241,18 @@ class _Resolver:
     def tool_known(self, name: str) -> bool:
         if name == self.cascade.memory:  # the memory bank's search tool (run/memory.py)
             return True
-        return name in self.tools or find_cascade_tool(name, self.folders) is not None
+        if name in self.tools:
+            return True
+        if builtin_tool(name) is not None:
+            return unavailable_reason(name) is None
+        return find_cascade_tool(name, self.folders) is not None
 
     def unknown_tool(self, name: str, what: str = "tool") -> str:
-        if name in WINDLASS_BUILTIN_TOOLS:
+        if name not in self.tools and (reason := unavailable_reason(name)) is not None:
+            return f"Windlass built-in tool '{name}' cannot run here: {reason}"
+        if name in REFUSED_TOOLS:
+            return REFUSED_TOOLS[name]
+        if name in WINDLASS_BUILTIN_TOOLS and builtin_tool(name) is None:
             return f"Windlass built-in tool '{name}' is not available in airflow-llm-provider yet"
         candidates = self.tools | cascade_tool_names(self.folders)
         if what == "validator":

@@ -63,6 +63,61 @@ REFUSED: dict[str, dict[str, str]] = {
 }
 """Model name -> refused key -> message (both kinds)."""
 
+_BROWSER = (
+    "drives a live browser through Windlass's Rabbitize server, which has no counterpart on an Airflow worker"
+)
+_VOICE = "speaks or listens through Windlass's audio player and ElevenLabs/OpenRouter voice APIs"
+_RAG = "searches Windlass's own RAG store (ClickHouse), which an Airflow deployment does not have"
+_RESEARCH = "reads and writes Windlass's research database (ClickHouse sessions)"
+_HUMAN = "(Windlass human-in-the-loop) is not supported by airflow-llm-provider yet (issue 18)"
+
+REFUSED_TOOLS: dict[str, str] = {
+    **{
+        name: f"Windlass built-in tool '{name}' {_CANNOT}: it {_BROWSER}"
+        for name in (
+            "rabbitize_start",
+            "rabbitize_execute",
+            "rabbitize_extract",
+            "rabbitize_close",
+            "rabbitize_status",
+            "control_browser",
+            "extract_page_content",
+            "get_browser_status",
+            "take_screenshot",
+        )
+    },
+    **{
+        name: f"Windlass built-in tool '{name}' {_CANNOT}: it {_VOICE}"
+        for name in ("say", "listen", "transcribe_audio", "process_voice_recording")
+    },
+    **{
+        name: f"Windlass built-in tool '{name}' {_CANNOT}: it {_RAG}"
+        for name in ("rag_search", "rag_read_chunk", "rag_list_sources", "sql_rag_search")
+    },
+    **{
+        name: f"Windlass built-in tool '{name}' {_CANNOT}: it {_RESEARCH}"
+        for name in (
+            "research_query",
+            "research_execute",
+            "save_research_session",
+            "list_research_sessions",
+            "get_research_session",
+        )
+    },
+    **{
+        name: f"Windlass built-in tool '{name}' {_HUMAN}"
+        for name in (
+            "ask_human",
+            "ask_human_custom",
+            "request_decision",
+            "await_signal",
+            "fire_signal",
+            "list_signals",
+        )
+    },
+}
+"""Windlass built-in tools refused by name, with the reason (validate refuses the cascade)."""
+
 WARNED: dict[str, dict[str, str]] = {
     "Phase": {
         "callouts": "`callouts` (Windlass UI annotation) is ignored: it labels messages in Windlass's UI",

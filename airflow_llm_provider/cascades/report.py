@@ -17,7 +17,9 @@ from airflow_llm_provider.cascades.errors import ValidationIssue
 
 Status = Literal["ok", "warning", "refused", "invalid"]
 
-_BUILTIN_TOOL = re.compile(r"^Windlass built-in tool '([^']+)' is not available")
+_BUILTIN_TOOL = re.compile(
+    r"^Windlass built-in tool '([^']+)' (is not available|cannot run|\(Windlass human-in-the-loop\))"
+)
 _REFUSAL_MARKERS = (
     "is not supported by airflow-llm-provider yet",
     "is not supported yet",

@@ -17,8 +17,8 @@ module assembles :class:`CascadeRunner` from them and is the public surface.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from airflow_llm_provider.cascades.run.context import ContextMixin
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL
@@ -44,6 +44,8 @@ from airflow_llm_provider.cascades.run.tool_phase import (
     ToolPhaseMixin,
 )
 from airflow_llm_provider.cascades.spec import Cascade
+
+T = TypeVar("T")
 
 __all__ = [
     "CASCADE_PREFIX",
@@ -84,7 +86,7 @@ def run_cascade(
     cascade: Cascade, inputs: Mapping[str, Any] | None = None, options: RunOptions | None = None
 ) -> CascadeResult:
     """Run ``cascade`` to completion from synchronous code (a new event loop)."""
-    return asyncio.run(CascadeRunner(cascade, options).run(inputs or {}))
+    return _run_closing(CascadeRunner(cascade, options), lambda runner: runner.run(inputs or {}))
 
 
 def run_phase(
@@ -102,8 +104,10 @@ def run_phase(
     With ``item``/``item_index`` it runs one element of a ``map_over`` phase. Raises
     :class:`PhaseFailed` or :class:`BudgetExceeded`.
     """
-    runner = CascadeRunner(cascade, options)
-    return asyncio.run(runner.run_one(phase, inputs or {}, outputs or {}, item=item, item_index=item_index))
+    return _run_closing(
+        CascadeRunner(cascade, options),
+        lambda runner: runner.run_one(phase, inputs or {}, outputs or {}, item=item, item_index=item_index),
+    )
 
 
 def run_sounding(
@@ -119,8 +123,10 @@ def run_sounding(
     index (round robin), and the phase's pre wards, attempts and post wards. The outcome's
     ``route`` is the route the model chose, if any. Raises :class:`PhaseFailed` or
     :class:`BudgetExceeded`. :func:`judge_soundings` turns the attempts into the phase result."""
-    runner = CascadeRunner(cascade, options)
-    return asyncio.run(runner.run_sounding(phase, index, inputs or {}, outputs or {}))
+    return _run_closing(
+        CascadeRunner(cascade, options),
+        lambda runner: runner.run_sounding(phase, index, inputs or {}, outputs or {}),
+    )
 
 
 def judge_soundings(
@@ -135,5 +141,19 @@ def judge_soundings(
     the successful ones as ``(index, output, route)``. As in the engine: a single candidate wins
     alone, else the evaluator picks one (``mode: aggregate``: the aggregator merges them). The
     usage is that of the evaluator/aggregator call only. No candidate: :class:`PhaseFailed`."""
-    runner = CascadeRunner(cascade, options)
-    return asyncio.run(runner.judge_soundings(phase, candidates, inputs or {}, outputs or {}))
+    return _run_closing(
+        CascadeRunner(cascade, options),
+        lambda runner: runner.judge_soundings(phase, candidates, inputs or {}, outputs or {}),
+    )
+
+
+def _run_closing(runner: CascadeRunner, start: Callable[[CascadeRunner], Awaitable[T]]) -> T:
+    """Run ``start(runner)`` on a new event loop; the run's session folders go afterwards."""
+
+    async def main() -> T:
+        return await start(runner)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        runner.close_sessions()

@@ -1,4 +1,4 @@
-"""The engine's built-in ``set_state`` (run/state_tools.py) against the scripted OpenAI-protocol
+"""The engine's built-in ``set_state`` (tools/state.py) against the scripted OpenAI-protocol
 server: called by the model (``tackle``), by a tool phase, kept with a cached answer, and accepted
 by validation."""
 

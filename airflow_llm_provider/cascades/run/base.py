@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_llm_provider.cascades.run.core import RunnerCore
 
 if TYPE_CHECKING:
-    from airflow_llm_provider.cascades.spec import Phase, ValidatorRef
+    from airflow_llm_provider.cascades.spec import Cascade, Phase, ValidatorRef
 
 
 class RunnerBase(RunnerCore):
@@ -28,6 +28,10 @@ class RunnerBase(RunnerCore):
         ) -> tuple[Any, str | None]: ...
 
         async def _run_sub_cascade(self, reference: str, inputs: Mapping[str, Any]) -> Any: ...
+
+        async def _run_child(
+            self, cascade: Cascade | str, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+        ) -> Any: ...
 
         # llm_phase.py
         async def _run_llm_phase(
@@ -100,11 +104,13 @@ class RunnerBase(RunnerCore):
         async def _drain_background(self) -> None: ...
 
         # tackle.py
-        def _tackle_tool(self, reference: str) -> Any: ...
+        def _tackle_tool(self, reference: str, phase_name: str) -> Any: ...
 
         async def _phase_tools(self, phase: Phase, system: str) -> tuple[list[Any], dict[str, str]]: ...
 
-        def _resolve_tool(self, name: str) -> Callable[..., Any]: ...
+        def _resolve_tool(
+            self, name: str, phase_name: str = "", *, deterministic: bool = False
+        ) -> Callable[..., Any]: ...
 
         def _cached_tool(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]: ...
 

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from airflow_llm_provider.cascades.run.results import PhaseFailed, PhaseRun, Run
 from airflow_llm_provider.cascades.spec import Cascade, Phase
 from airflow_llm_provider.cascades.templates import is_template, sandboxed_environment
 from airflow_llm_provider.cascades.tools import ToolRegistry
+from airflow_llm_provider.cascades.tools.builtin import RunSession, ToolServices
 from airflow_llm_provider.cascades.trust import python_tool_policy
 from airflow_llm_provider.cascades.usage import (
     CallObserver,
@@ -95,6 +97,15 @@ class RunnerCore:
         self._state_keys: dict[str, list[str]] = {}
         self._snapshots: dict[str, Any] = {}
         self._background: list[asyncio.Task[Any]] = parent._background if parent else []
+        # Built-in tools' per-run resources (session database, scratch folder). A child cascade
+        # gets its own session, as in Windlass (it does not see its parent's session tables);
+        # the run tree's sessions are closed together when the top run ends (runner.py).
+        self.session = RunSession(
+            (self.options.session_id if parent is None else None) or uuid.uuid4().hex,
+            (self.options.tool_services or ToolServices()).scratch_root,
+        )
+        self._sessions: list[RunSession] = parent._sessions if parent else []
+        self._sessions.append(self.session)
 
     def _variables(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         # Outside a sounding, Windlass renders sounding_index 0, sounding_factor 1, is_sounding
@@ -124,6 +135,11 @@ class RunnerCore:
         if path is None:
             raise FileNotFoundError(f"template file '{relative.strip()}' not found from {self.base_dir}")
         return path.read_text(encoding="utf-8")
+
+    def close_sessions(self) -> None:
+        """Remove the scratch folders and session databases of this run and its children."""
+        for session in self._sessions:
+            session.close()
 
     def _tool_folders(self) -> list[Path]:
         """Where cascades usable as tools by ``cascade_id`` are looked up (see references.py)."""

@@ -13,8 +13,8 @@ from airflow_llm_provider.cascades.cache import CachedPhase, cache_key
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
-from airflow_llm_provider.cascades.run.state_tools import recording_state_writes
 from airflow_llm_provider.cascades.spec import Phase
+from airflow_llm_provider.cascades.tools.state import recording_state_writes
 from airflow_llm_provider.cascades.usage import CallRecord, estimate_tokens
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class LlmPhaseMixin(RunnerBase):
                         CallRecord(phase.name, 1, model_name or DEFAULT_MODEL, 0, 0, 0, 0.0, cache_hit=True),
                     )
                 self._emit(f"phase {phase.name}{label}: answered from cache (no LLM call)")
-                self._state.update(hit.output.get("state") or {})  # its set_state writes (state_tools.py)
+                self._state.update(hit.output.get("state") or {})  # its set_state writes (tools/state.py)
                 self._after_accept(phase, hit.output["value"])
                 return hit.output["value"], hit.output["route"]
 

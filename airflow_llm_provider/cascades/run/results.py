@@ -14,6 +14,7 @@ from airflow_llm_provider.cascades.memory import MemoryStore
 from airflow_llm_provider.cascades.redact import redact, redact_value
 from airflow_llm_provider.cascades.spec import Budget
 from airflow_llm_provider.cascades.tools import ToolRegistry
+from airflow_llm_provider.cascades.tools.builtin import ToolServices
 from airflow_llm_provider.cascades.usage import CallObserver, ModelPrice, UsageTracker
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ class RunOptions:
     """Filled in while the run goes (the operators' OpenLineage methods read it)."""
     call_observer: CallObserver | None = None
     """Told before and after every LLM call (the Airflow adapter's cost ledger and shared budgets)."""
+    tool_services: ToolServices | None = None
+    """What the built-in tools may use of the host: SQL connections, the artifact folder, the
+    scratch root, whether unsandboxed code is allowed (``cascades/tools/builtin.py``)."""
+    session_id: str | None = None
+    """Names the run's session (scratch folder, session database); None: a fresh random id."""
     limits: Limits = field(default_factory=configured_limits)
     """Resource limits of the run and all its children (``cascades/limits.py``); by default the
     ``[llm_provider]`` settings."""

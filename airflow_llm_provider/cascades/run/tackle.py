@@ -19,16 +19,12 @@ from typing import Any
 
 from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool
 from airflow_llm_provider.cascades.run.manifest import ManifestMixin
-from airflow_llm_provider.cascades.run.state_tools import (
-    SET_STATE,
-    STATE_TOOLS,
-    set_state_function,
-    state_tool,
-)
 from airflow_llm_provider.cascades.run.tool_phase import CASCADE_PREFIX
 from airflow_llm_provider.cascades.spec import MANIFEST, Phase
 from airflow_llm_provider.cascades.tool_cache import MISS, ToolCache
 from airflow_llm_provider.cascades.tools import PYTHON_PREFIX, call_tool
+from airflow_llm_provider.cascades.tools.builtin import BuiltinTool, ToolContext, ToolServices, builtin_tool
+from airflow_llm_provider.cascades.tools.state import SET_STATE
 from airflow_llm_provider.cascades.trust import CONNECTION_ARGUMENTS, connection_ids, connection_refusal
 
 ROUTE_TO = "route_to"
@@ -48,7 +44,7 @@ class TackleMixin(ManifestMixin):
         from pydantic_ai import Tool
 
         names = await self._manifest_tools(phase, system) if phase.tackle == [MANIFEST] else phase.tackle
-        tools = [self._tackle_tool(name) for name in names if name != ROUTE_TO]
+        tools = [self._tackle_tool(name, phase.name) for name in names if name != ROUTE_TO]
         chosen: dict[str, str] = {}
         targets = phase.handoff_targets
         offered = len(targets) > 1 or any(h.description for h in phase.handoffs)
@@ -68,15 +64,21 @@ class TackleMixin(ManifestMixin):
             self._emit(f"phase {phase.name}: `route_to` is listed but the phase has no handoffs; not offered")
         return tools, chosen
 
-    def _tackle_tool(self, reference: str) -> Any:
-        """A tool the model may call: a registered callable, python:..., a cascade by
-        ``cascade_id`` or a ``cascade:`` file."""
+    def _tackle_tool(self, reference: str, phase_name: str) -> Any:
+        """A tool the model may call in ``phase_name``: a registered callable, python:..., a
+        Windlass built-in, a cascade by ``cascade_id`` or a ``cascade:`` file."""
         from pydantic_ai import Tool
 
         if reference.startswith(CASCADE_PREFIX):
             return self._cascade_file_tool(reference)
-        if reference in STATE_TOOLS and reference not in self.tools.names():
-            return state_tool(reference, self._state)  # engine built-in (state_tools.py)
+        builtin = self._builtin(reference)
+        if builtin is not None:
+            function = self._cached_tool(reference, builtin.make(self._tool_context(phase_name)))
+            if builtin.json_schema is None:
+                return Tool(function, name=builtin.name, description=builtin.description or None)
+            return Tool.from_schema(
+                function, name=builtin.name, description=builtin.description, json_schema=builtin.json_schema
+            )
         tool = self._cascade_tool(reference)
         if tool is None:
             name = reference.split(":")[-1].split(".")[-1]
@@ -90,12 +92,15 @@ class TackleMixin(ManifestMixin):
         function = self._cached_tool(reference, self._resolve_tool(reference))
         return Tool.from_schema(function, name=tool.cascade_id, description=description, json_schema=schema)
 
-    def _resolve_tool(self, name: str) -> Callable[..., Any]:
-        """The callable behind a tool name: registered or ``python:``, else a cascade on the tool
-        path by ``cascade_id`` (run as a sub-cascade); ToolNotFound otherwise. The engine's
-        ``set_state`` comes right after registered tools (Windlass's built-ins are registered)."""
-        if name in STATE_TOOLS and name not in self.tools.names():
-            return set_state_function(self._state)
+    def _resolve_tool(
+        self, name: str, phase_name: str = "", *, deterministic: bool = False
+    ) -> Callable[..., Any]:
+        """The callable behind a tool name: registered or ``python:``, then a Windlass built-in
+        (tools/builtin.py), else a cascade on the tool path by ``cascade_id`` (run as a
+        sub-cascade); ToolNotFound otherwise. ``deterministic``: called by a ``tool:`` phase."""
+        builtin = self._builtin(name)
+        if builtin is not None:
+            return builtin.make(self._tool_context(phase_name, deterministic=deterministic))
         tool = self._cascade_tool(name)
         if tool is None:
             return self.tools.resolve(name)
@@ -106,6 +111,28 @@ class TackleMixin(ManifestMixin):
 
         run_cascade_tool.__name__ = tool.cascade_id
         return run_cascade_tool
+
+    def _builtin(self, name: str) -> BuiltinTool | None:
+        """The Windlass built-in ``name``, unless the user registered a tool of that name."""
+        if name in self.tools.names():
+            return None
+        return builtin_tool(name)
+
+    def _tool_context(self, phase_name: str, *, deterministic: bool = False) -> ToolContext:
+        """What a built-in tool called in ``phase_name`` sees of this run."""
+        return ToolContext(
+            phase_name=phase_name,
+            cascade_id=self.cascade.cascade_id,
+            session=self.session,
+            state=self._state,
+            outputs=self._outputs,
+            input=self._input,
+            base_dir=self.base_dir,
+            services=self.options.tool_services or ToolServices(),
+            emit=self._emit,
+            run_cascade=self._run_child,
+            deterministic=deterministic,
+        )
 
     def _cascade_tool(self, name: str) -> CascadeTool | None:
         if name in self.tools.names() or name.startswith(PYTHON_PREFIX) or ":" in name:

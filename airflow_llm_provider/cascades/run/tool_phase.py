@@ -12,7 +12,7 @@ from airflow_llm_provider.cascades.limits import limit_in
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe
 from airflow_llm_provider.cascades.run.results import PhaseFailed
-from airflow_llm_provider.cascades.spec import Phase
+from airflow_llm_provider.cascades.spec import Cascade, Phase
 from airflow_llm_provider.cascades.tools import call_tool
 
 SQL_PREFIX = "sql:"
@@ -41,9 +41,11 @@ class ToolPhaseMixin(RunnerBase):
             # Other inputs are variables of the SQL template (``inputs.x``), not tool arguments.
             sql = self._sql_file(phase, arguments, extra)
             arguments = {k: v for k, v in arguments.items() if k in SQL_TOOL_ARGUMENTS} | {"sql": sql}
-            function = self._cached_tool("sql_data", self.tools.resolve("sql_data"))
+            function = self._cached_tool(
+                "sql_data", self._resolve_tool("sql_data", phase.name, deterministic=True)
+            )
         else:  # a registered tool, python:..., or a cascade by cascade_id (tackle.py)
-            function = self._cached_tool(tool, self._resolve_tool(tool))
+            function = self._cached_tool(tool, self._resolve_tool(tool, phase.name, deterministic=True))
         retry = phase.retry
         attempts = retry.max_attempts if retry else 1
         timeout = parse_duration(phase.timeout) if phase.timeout is not None else None
@@ -80,13 +82,33 @@ class ToolPhaseMixin(RunnerBase):
         """Run the cascade file ``reference`` names; its final output is the tool's result."""
         from airflow_llm_provider.cascades.loader import load_cascade
 
-        if self.depth >= MAX_CASCADE_DEPTH:
-            raise RecursionError(f"sub-cascades nest deeper than {MAX_CASCADE_DEPTH} levels at '{reference}'")
-        count_sub_run(self, reference)
+        self._check_child_allowed(reference)
         path = self._cascade_path(reference[len(CASCADE_PREFIX) :])
         # type(self): the assembled runner (CascadeRunner), which this concern does not import.
         child = type(self)(load_cascade(path), self.options, parent=self, base_dir=path.parent)
         self._emit(f"sub-cascade {child.cascade.cascade_id} ({path.name}): started")
+        return await self._execute_child(child, inputs)
+
+    async def _run_child(
+        self, cascade: Cascade | str, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+    ) -> Any:
+        """A child run for a built-in tool (``tools/builtin.py``: ``ToolContext.run_cascade``): a
+        cascade file relative to this cascade's folder, or a cascade built in memory (with
+        ``outputs`` of earlier phases it may read). Shared usage, budget, depth and run limits."""
+        if isinstance(cascade, str):
+            return await self._run_sub_cascade(f"{CASCADE_PREFIX}{cascade}", inputs)
+        self._check_child_allowed(cascade.cascade_id)
+        child = type(self)(cascade, self.options, parent=self, base_dir=self.base_dir)
+        child._outputs.update(outputs or {})
+        return await self._execute_child(child, inputs)
+
+    def _check_child_allowed(self, reference: str) -> None:
+        if self.depth >= MAX_CASCADE_DEPTH:
+            raise RecursionError(f"sub-cascades nest deeper than {MAX_CASCADE_DEPTH} levels at '{reference}'")
+        count_sub_run(self, reference)
+
+    @staticmethod
+    async def _execute_child(child: RunnerBase, inputs: Mapping[str, Any]) -> Any:
         try:
             return await child.execute(inputs)  # a budget stop propagates as BudgetExceeded
         except PhaseFailed as err:

@@ -1,4 +1,4 @@
-"""The engine's built-in state tools: Windlass's ``set_state(key, value)``.
+"""The state family of built-in tools: Windlass's ``set_state(key, value)``.
 
 ``set_state`` writes one key of the run's state, which later phases read as ``{{ state.key }}``
 (and ``context.from: [{phase, include: [state]}]`` shows per phase). It is offered to the model
@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from airflow_llm_provider.cascades.tools.builtin import BuiltinTool
+
 SET_STATE = "set_state"
-STATE_TOOLS = frozenset({SET_STATE})
-"""Names of the engine's built-in state tools (a tool registered under the same name wins)."""
 
 _DESCRIPTION = (
     "Save a value in the run's state under a key, so that later phases can use it "
@@ -71,14 +71,14 @@ def set_state_function(state: dict[str, Any]) -> Callable[..., Any]:
     return set_state
 
 
-def state_tool(name: str, state: dict[str, Any]) -> Any:
-    """The pydantic-ai tool the model calls. Its schema declares ``value`` as text, as Windlass's
-    signature does, but a number or object the model sends is kept as it is (arguments are not
-    coerced to the schema)."""
-    from pydantic_ai import Tool
-
-    if name != SET_STATE:  # only one state tool today; the set is the extension point
-        raise KeyError(name)
-    return Tool.from_schema(
-        set_state_function(state), name=SET_STATE, description=_DESCRIPTION, json_schema=_SCHEMA
-    )
+TOOLS = (
+    BuiltinTool(
+        SET_STATE,
+        make=lambda context: set_state_function(context.state),
+        description=_DESCRIPTION,
+        json_schema=_SCHEMA,
+    ),
+)
+"""The state family (``builtin.py``). The schema declares ``value`` as text, as Windlass's
+signature does, but a number or object the model sends is kept as it is (arguments are not
+coerced to the schema)."""

@@ -1,0 +1,7 @@
+"""Built-in tool family: artifacts (to be written)."""
+
+from __future__ import annotations
+
+from airflow_llm_provider.cascades.tools.builtin import BuiltinTool
+
+TOOLS: tuple[BuiltinTool, ...] = ()
