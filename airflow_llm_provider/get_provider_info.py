@@ -203,6 +203,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "my_company.llm_tools,string.capwords",
                         "default": "",
                     },
+                    "allow_unsandboxed_code": {
+                        "description": "DANGEROUS. Let cascades run code a model writes (run_code, "
+                        "linux_shell, python_data called by a model) and linux_shell_dangerous without "
+                        "the bubblewrap sandbox, on the worker itself with only resource limits. Off: such "
+                        "tools are refused where bubblewrap cannot run. See docs/security.md.",
+                        "version_added": "0.2.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "False",
+                    },
                 },
             },
         },

@@ -23,7 +23,7 @@ from pathlib import Path
 from airflow_llm_provider.cascades.errors import FieldPath
 from airflow_llm_provider.cascades.refused import REFUSED_TOOLS
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
-from airflow_llm_provider.cascades.tools.builtin import builtin_tool, unavailable_reason
+from airflow_llm_provider.cascades.tools.builtin import argument_issues, builtin_tool, unavailable_reason
 from airflow_llm_provider.cascades.trust import PythonToolPolicy, confined_path, python_tool_policy
 
 Issue = tuple[FieldPath, str]
@@ -279,13 +279,9 @@ def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) 
         )
     if phase.tool is not None:
         yield from _tool_issues(phase.tool, (*at, "tool"), base, resolver)
-        if phase.tool == "sql_data" and "query" in (phase.inputs or {}) and "sql" not in (phase.inputs or {}):
-            yield (
-                (*at, "tool"),
-                "Windlass built-in tool 'sql_data' is not available in airflow-llm-provider yet with "
-                "Windlass's arguments (query, connection, limit, materialize); ours is "
-                "sql_data(conn_id, sql, parameters, max_rows)",
-            )
+        if phase.tool not in resolver.tools:  # a built-in's inputs must match its arguments
+            for message in argument_issues(phase.tool, list(phase.inputs or {})):
+                yield (*at, "inputs"), message
     if phase.tackle != [MANIFEST]:
         for position, name in enumerate(phase.tackle):
             yield from _tool_issues(name, (*at, "tackle", position), base, resolver)

@@ -30,3 +30,8 @@ def option(name: str, section: str = SECTION) -> str | None:
 def option_list(name: str, section: str = SECTION) -> list[str]:
     """A comma-separated option as a list of non-empty, stripped items."""
     return [item.strip() for item in (option(name, section) or "").split(",") if item.strip()]
+
+
+def option_flag(name: str, section: str = SECTION) -> bool:
+    """A boolean option (``true``/``1``/``yes``/``on``, any case); unset is False."""
+    return (option(name, section) or "").strip().lower() in ("true", "1", "yes", "on")

@@ -30,7 +30,11 @@ class RunnerBase(RunnerCore):
         async def _run_sub_cascade(self, reference: str, inputs: Mapping[str, Any]) -> Any: ...
 
         async def _run_child(
-            self, cascade: Cascade | str, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+            self,
+            cascade: Cascade | str,
+            inputs: Mapping[str, Any],
+            outputs: Mapping[str, Any] | None = None,
+            state: Mapping[str, Any] | None = None,
         ) -> Any: ...
 
         # llm_phase.py

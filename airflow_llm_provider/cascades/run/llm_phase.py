@@ -181,10 +181,12 @@ class LlmPhaseMixin(RunnerBase):
         # tackle (incl. manifest, cascades by id, tool_caching) and route_to: tackle.py
         tools, chosen = await self._phase_tools(phase, system)
         output_type: Any = str
+        wrapped = False
         if phase.output_schema is not None:
             from pydantic_ai import StructuredDict
 
-            output_type = StructuredDict(phase.output_schema, name=f"{phase.name}_output")
+            schema, wrapped = _object_schema(phase.output_schema)
+            output_type = StructuredDict(schema, name=f"{phase.name}_output")
         agent = Agent(
             self._model(model_name),
             output_type=output_type,
@@ -228,6 +230,8 @@ class LlmPhaseMixin(RunnerBase):
                     raise
                 raise PhaseFailed(phase.name, f"LLM call failed: {_describe(err)}") from err
             output = result.output
+            if wrapped and isinstance(output, dict):
+                output = output.get(WRAPPED_KEY)
             history = result.all_messages()
             estimated += estimate_tokens(_to_text(output))
             if await self._turn_passes(phase, output, turn, max_turns):
@@ -288,3 +292,16 @@ def _schema_problem(output: Any, schema: Mapping[str, Any]) -> str | None:
         where = "/".join(str(p) for p in err.absolute_path) or "<root>"
         return f"{where}: {err.message}"
     return None
+
+
+WRAPPED_KEY = "result"
+
+
+def _object_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Structured output must be an object for the model's tool/JSON modes; Windlass also allows
+    an array or a scalar (e.g. ``windlass_data`` rows), which is asked for under ``result`` and
+    unwrapped from it. Returns the schema to ask for and whether it was wrapped."""
+    kind = schema.get("type")
+    if kind == "object" or (kind is None and "properties" in schema):
+        return schema, False
+    return {"type": "object", "properties": {WRAPPED_KEY: schema}, "required": [WRAPPED_KEY]}, True

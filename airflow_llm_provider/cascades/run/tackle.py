@@ -12,9 +12,10 @@ depth limit) and answers with the child's final output.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool
@@ -131,8 +132,12 @@ class TackleMixin(ManifestMixin):
             services=self.options.tool_services or ToolServices(),
             emit=self._emit,
             run_cascade=self._run_child,
+            start_background=self._start_background,
             deterministic=deterministic,
         )
+
+    def _start_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        self._background.append(asyncio.ensure_future(work))  # awaited at the run's end (children.py)
 
     def _cascade_tool(self, name: str) -> CascadeTool | None:
         if name in self.tools.names() or name.startswith(PYTHON_PREFIX) or ":" in name:

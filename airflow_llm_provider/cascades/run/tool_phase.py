@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from airflow_llm_provider.cascades.budget import BudgetExceeded
@@ -90,17 +91,34 @@ class ToolPhaseMixin(RunnerBase):
         return await self._execute_child(child, inputs)
 
     async def _run_child(
-        self, cascade: Cascade | str, inputs: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+        self,
+        cascade: Cascade | str,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> Any:
         """A child run for a built-in tool (``tools/builtin.py``: ``ToolContext.run_cascade``): a
-        cascade file relative to this cascade's folder, or a cascade built in memory (with
-        ``outputs`` of earlier phases it may read). Shared usage, budget, depth and run limits."""
+        cascade file relative to this cascade's folder (or the folders above it, as Windlass
+        resolves paths from its working directory), or a cascade built in memory that starts with
+        the caller's ``outputs`` and ``state``. Shared usage, budget, depth and run limits."""
         if isinstance(cascade, str):
-            return await self._run_sub_cascade(f"{CASCADE_PREFIX}{cascade}", inputs)
+            return await self._run_sub_cascade(f"{CASCADE_PREFIX}{self._child_reference(cascade)}", inputs)
         self._check_child_allowed(cascade.cascade_id)
         child = type(self)(cascade, self.options, parent=self, base_dir=self.base_dir)
         child._outputs.update(outputs or {})
+        child._state.update(state or {})
         return await self._execute_child(child, inputs)
+
+    def _child_reference(self, relative: str) -> str:
+        """``relative`` as given when it exists from this cascade's folder, else the file the
+        upward search finds (confined per folder, as ``@file`` templates)."""
+        from airflow_llm_provider.cascades.references import find_relative_file
+
+        here = self.base_dir or Path.cwd()
+        if (here / relative).is_file():
+            return relative
+        found = find_relative_file(relative.strip(), here)
+        return str(found) if found is not None else relative
 
     def _check_child_allowed(self, reference: str) -> None:
         if self.depth >= MAX_CASCADE_DEPTH:

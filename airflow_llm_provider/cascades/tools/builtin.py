@@ -18,13 +18,18 @@ anything is spent.
 from __future__ import annotations
 
 import importlib
+import inspect
 import shutil
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from airflow_llm_provider.cascades.settings import option_flag
+
+UNSANDBOXED_OPTION = "allow_unsandboxed_code"
 
 FAMILIES = ("state", "sql", "polyglot", "code", "artifacts", "cascades")
 """Modules of ``airflow_llm_provider.cascades.tools`` holding built-in tool families."""
@@ -57,7 +62,7 @@ class ToolServices:
     scratch_root: Path | None = None
     """Parent of each run's session folder (session DuckDB, bash working directory); None: the
     system temporary directory."""
-    allow_unsandboxed_code: bool = False
+    allow_unsandboxed_code: bool = field(default_factory=lambda: option_flag(UNSANDBOXED_OPTION))
     """``[llm_provider] allow_unsandboxed_code``: run model-written code without bubblewrap
     (dangerous; docs/security.md). Off by default."""
 
@@ -117,11 +122,14 @@ class ToolContext:
     services: ToolServices
     emit: Callable[[str], None]
     run_cascade: Callable[..., Awaitable[Any]]
-    """``run_cascade(cascade, inputs, outputs=None)``: run a child of this run and return its
-    final output. ``cascade`` is a file path relative to ``base_dir`` (confined as ``cascade:``
-    files are) or a :class:`~airflow_llm_provider.cascades.spec.Cascade` built in memory, which
-    starts with ``outputs`` as its earlier phases' outputs. Shared usage, budget, depth and
-    sub-run limits."""
+    """``await run_cascade(cascade, inputs, outputs=None, state=None)``: run a child of this run
+    and return its final output. ``cascade`` is a file path relative to ``base_dir`` (or to the
+    folders above it; confined as ``cascade:`` files are) or a
+    :class:`~airflow_llm_provider.cascades.spec.Cascade` built in memory, which starts with
+    ``outputs`` and ``state`` of the caller. Shared usage, budget, depth and sub-run limits."""
+    start_background: Callable[[Coroutine[Any, Any, Any]], None]
+    """Start a coroutine the run awaits before it ends (``spawn_cascade``); call it from a
+    coroutine (async tool)."""
     deterministic: bool = False
     """Called by a ``tool:`` phase (Windlass gives those phases' data tools the run's data)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +181,47 @@ def builtin_tool(name: str) -> BuiltinTool | None:
 
 def builtin_names() -> frozenset[str]:
     return frozenset(_load())
+
+
+def argument_issues(name: str, arguments: Collection[str]) -> list[str]:
+    """What is wrong with calling the built-in ``name`` with these argument names (a ``tool:``
+    phase's ``inputs``): missing required ones and unknown ones, as validate reports them."""
+    tool = builtin_tool(name)
+    if tool is None:
+        return []
+    parameters = inspect.signature(tool.make(_blank_context())).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    accepted = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    required = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name in accepted]
+    issues = [f"`{name}` needs the input `{arg}`" for arg in required if arg not in arguments]
+    issues += [
+        f"`{name}` takes no input `{arg}` (it takes: {', '.join(accepted)})"
+        for arg in arguments
+        if arg not in accepted
+    ]
+    return issues
+
+
+def _blank_context() -> ToolContext:
+    """A context for reading a built-in's signature; nothing is ever called through it."""
+
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    return ToolContext(
+        phase_name="",
+        cascade_id="",
+        session=RunSession("signature"),
+        state={},
+        outputs={},
+        input={},
+        base_dir=None,
+        services=ToolServices(),
+        emit=lambda line: None,
+        run_cascade=nothing,
+        start_background=lambda work: work.close(),
+    )
 
 
 def unavailable_reason(name: str, services: ToolServices | None = None) -> str | None:
