@@ -204,6 +204,10 @@ def sounding_factor(phase: Phase) -> int | None:
     return factor if isinstance(factor, int) and factor > 1 else None
 
 
+def _reads_state(phase: Phase) -> bool:
+    return any(reads_state_beyond_outputs(text) for _, text in templated_fields(phase))
+
+
 def _runs_as_one(cascade: Cascade) -> str | None:
     """Why the cascade cannot be split into one task per phase, or None. Tasks hand each other
     phase outputs through XCom, not the run's state, memory or whole-run judgement."""
@@ -215,9 +219,6 @@ def _runs_as_one(cascade: Cascade) -> str | None:
             return f"phase {phase.name} stores `output_extraction` in the run's state"
         if any(ref.context_out for ref in phase.sub_cascades):
             return f"phase {phase.name} merges a sub-cascade's state into the run's (`context_out`)"
-        for _, text in templated_fields(phase):
-            if reads_state_beyond_outputs(text):
-                return f"phase {phase.name} reads the run's state beyond phase outputs"
     return None
 
 
@@ -315,7 +316,10 @@ def plan_cascade(cascade: Cascade, dag_id: str | None = None, *, soundings_as_ta
     tasks: list[TaskPlan] = []
     for name in names:
         phase = cascade.phase(name)
-        pulls = {n: exit_[n] for n in sorted(needs[name] & readable[name], key=names.index)}
+        # A phase reading the run's state (``state.x``) pulls every phase that ran before it: the
+        # outcomes in XCom carry the state each left (set_state), merged in order.
+        wanted = needs[name] | readable[name] if _reads_state(phase) else needs[name]
+        pulls = {n: exit_[n] for n in sorted(wanted & readable[name], key=names.index)}
         rule = JOIN_TRIGGER_RULE if len(upstream[name]) > 1 and state_machine else "all_success"
         if phase.map_over is not None:
             source = phase.map_over.split(".", 1)[0]

@@ -98,15 +98,19 @@ def run_phase(
     *,
     item: Any = None,
     item_index: int | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> PhaseOutcome:
-    """Run one phase given the outputs of the phases before it (e.g. pulled from XCom).
+    """Run one phase given the outputs of the phases before it (e.g. pulled from XCom) and the
+    run's ``state`` so far (the upstream outcomes' ``state``).
 
     With ``item``/``item_index`` it runs one element of a ``map_over`` phase. Raises
     :class:`PhaseFailed` or :class:`BudgetExceeded`.
     """
     return _run_closing(
         CascadeRunner(cascade, options),
-        lambda runner: runner.run_one(phase, inputs or {}, outputs or {}, item=item, item_index=item_index),
+        lambda runner: runner.run_one(
+            phase, inputs or {}, outputs or {}, item=item, item_index=item_index, state=state
+        ),
     )
 
 
@@ -117,6 +121,7 @@ def run_sounding(
     inputs: Mapping[str, Any] | None = None,
     outputs: Mapping[str, Any] | None = None,
     options: RunOptions | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> PhaseOutcome:
     """Run sounding ``index`` (0-based) of an LLM phase with soundings, alone: the phase's prompt
     (with ``mutate``, the engine's hint for that index), the model ``soundings.models`` gives that
@@ -125,7 +130,7 @@ def run_sounding(
     :class:`BudgetExceeded`. :func:`judge_soundings` turns the attempts into the phase result."""
     return _run_closing(
         CascadeRunner(cascade, options),
-        lambda runner: runner.run_sounding(phase, index, inputs or {}, outputs or {}),
+        lambda runner: runner.run_sounding(phase, index, inputs or {}, outputs or {}, state),
     )
 
 
@@ -136,6 +141,7 @@ def judge_soundings(
     inputs: Mapping[str, Any] | None = None,
     outputs: Mapping[str, Any] | None = None,
     options: RunOptions | None = None,
+    state: Mapping[str, Any] | None = None,
 ) -> PhaseOutcome:
     """The result of a phase whose soundings ran apart (:func:`run_sounding`): ``candidates`` are
     the successful ones as ``(index, output, route)``. As in the engine: a single candidate wins
@@ -143,7 +149,7 @@ def judge_soundings(
     usage is that of the evaluator/aggregator call only. No candidate: :class:`PhaseFailed`."""
     return _run_closing(
         CascadeRunner(cascade, options),
-        lambda runner: runner.judge_soundings(phase, candidates, inputs or {}, outputs or {}),
+        lambda runner: runner.judge_soundings(phase, candidates, inputs or {}, outputs or {}, state),
     )
 
 

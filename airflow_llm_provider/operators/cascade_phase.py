@@ -167,6 +167,16 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
                 outputs[name] = _output_of(value)
         return outputs
 
+    def _pulled_state(self, context: Any) -> dict[str, Any]:
+        """The run's state as the upstream phases left it (each outcome carries the state it was
+        given plus its own ``set_state`` writes), merged in pull order."""
+        state: dict[str, Any] = {}
+        for task_id in self.pulls.values():
+            value = context["ti"].xcom_pull(task_ids=task_id, map_indexes=-1)
+            if isinstance(value, Mapping) and isinstance(value.get("state"), Mapping):
+                state.update(value["state"])
+        return state
+
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, run_phase
@@ -189,6 +199,7 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
                 options,
                 item=self.map_item if self.mapped else None,
                 item_index=item_index,
+                state=self._pulled_state(context),
             )
         except BudgetExceeded as err:
             lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
@@ -233,7 +244,9 @@ class CascadeSoundingOperator(CascadePhaseOperator):
         index = int(self.sounding)
         self.log.info("Phase %s, sounding %d", self.phase, index + 1)
         try:
-            outcome = run_sounding(cascade, self.phase, index, inputs, outputs, options)
+            outcome = run_sounding(
+                cascade, self.phase, index, inputs, outputs, options, self._pulled_state(context)
+            )
         except BudgetExceeded as err:
             lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
@@ -298,7 +311,9 @@ class CascadeSoundingsJudgeOperator(CascadePhaseOperator):
         inputs = self.inputs if self.inputs is not None else run_input(context)
         options, hook = run_options_for(self, cascade, context)
         try:
-            outcome = judge_soundings(cascade, self.phase, candidates, inputs, outputs, options)
+            outcome = judge_soundings(
+                cascade, self.phase, candidates, inputs, outputs, options, self._pulled_state(context)
+            )
         except BudgetExceeded as err:
             lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err

@@ -315,3 +315,34 @@ def test_a_route_target_also_reached_through_another_branch_runs_once(
     assert result.state == "success", result.task_states
     assert result.task_states["reply"] == "success"
     assert [r.text_of("system") for r in llm_server.requests] == ran
+
+
+def test_state_set_in_one_task_is_read_in_a_later_task(dag_runner, llm_server, airflow_conn, tmp_path):
+    """Windlass's ``set_state`` across phases rendered as separate tasks: each outcome in XCom
+    carries the run's state, and a phase reading ``state.x`` pulls the phases before it."""
+    airflow_conn("llm_test", llm_server.connection())
+    path = tmp_path / "stateful.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            cascade_id: stateful
+            phases:
+              - name: remember
+                tool: set_state
+                inputs: {key: region, value: "{{ input.region }}"}
+              - name: unrelated
+                instructions: "Say hi."
+              - name: write
+                instructions: "Write for {{ state.region }}."
+            """
+        )
+    )
+    llm_server.responder = lambda request: text(f"ok: {request.text_of('system')}")
+    dag = build_cascade_dag(path, _config(tmp_path))
+    assert {"remember", "unrelated"} <= dag.task_dict["write"].upstream_task_ids
+
+    result = dag_runner(dag, logical_date=pendulum.datetime(2026, 4, 5, tz="UTC"), conf={"region": "emea"})
+
+    assert result.state == "success", result.task_states
+    assert result.xcom("remember")["state"]["region"] == "emea"
+    assert result.xcom("write")["output"] == "ok: Write for emea."

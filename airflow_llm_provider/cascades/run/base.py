@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_llm_provider.cascades.run.core import RunnerCore
 
 if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.run.results import PhaseOutcome
     from airflow_llm_provider.cascades.spec import Cascade, Phase, ValidatorRef
 
 
@@ -20,7 +21,14 @@ class RunnerBase(RunnerCore):
         # flow.py
         async def execute(self, inputs: Mapping[str, Any]) -> Any: ...
 
-        def _prepare(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None: ...
+        def _prepare(
+            self,
+            inputs: Mapping[str, Any],
+            outputs: Mapping[str, Any],
+            state: Mapping[str, Any] | None = None,
+        ) -> None: ...
+
+        def _outcome(self, name: str, output: Any, route: str | None) -> PhaseOutcome: ...
 
         # tool_phase.py
         async def _run_tool_phase(

@@ -71,8 +71,9 @@ class FlowMixin(CascadeSoundingsMixin):
         *,
         item: Any = None,
         item_index: int | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> PhaseOutcome:
-        self._prepare(inputs, outputs)
+        self._prepare(inputs, outputs, state)
         phase = self.cascade.phase(name)
         if self._cascade_soundings_factor(inputs) > 1:
             raise PhaseFailed(
@@ -95,13 +96,26 @@ class FlowMixin(CascadeSoundingsMixin):
             except Exception as err:
                 raise PhaseFailed(name, _describe(err)) from err
         await self._drain_background()  # async_cascades run inside this task
-        return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
+        return self._outcome(name, output, route)
 
-    def _prepare(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    def _prepare(
+        self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], state: Mapping[str, Any] | None = None
+    ) -> None:
+        """A phase run on its own (a task): the run's input, the upstream outputs and state."""
         self._use_limits()
         self._input = dict(inputs)
+        self._state.update(state or {})
         for source, output in outputs.items():
             self._store(source, output)
+
+    def _outcome(self, name: str, output: Any, route: str | None) -> PhaseOutcome:
+        return PhaseOutcome(
+            phase=name,
+            output=output,
+            route=route,
+            usage=self.usage.totals().as_dict(),
+            state=dict(self._state),
+        )
 
     def _use_limits(self) -> None:
         """Render templates under the run's own template limits (``RunOptions.limits``); the core

@@ -133,6 +133,9 @@ class PhaseOutcome:
     output: Any
     route: str | None
     usage: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+    """The run's state after the phase (Windlass's ``state``: ``set_state`` writes and the
+    upstream state it was given), handed on to the phases after it through XCom."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,4 +143,5 @@ class PhaseOutcome:
             "output": redact_value(self.output),
             "route": self.route,
             "usage": self.usage,
+            "state": redact_value(self.state),
         }

@@ -70,9 +70,14 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
     # -- one sounding, or the judging, alone (soundings as Airflow tasks) -----------------------
 
     async def run_sounding(
-        self, name: str, index: int, inputs: Mapping[str, Any], outputs: Mapping[str, Any]
+        self,
+        name: str,
+        index: int,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        state: Mapping[str, Any] | None = None,
     ) -> PhaseOutcome:
-        self._prepare(inputs, outputs)
+        self._prepare(inputs, outputs, state)
         phase = self.cascade.phase(name)
         if phase.kind != "llm" or phase.soundings is None:
             raise PhaseFailed(name, "has no soundings")
@@ -91,7 +96,7 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
             raise
         except Exception as err:
             raise PhaseFailed(name, _describe(err)) from err
-        return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
+        return self._outcome(name, output, route)
 
     async def judge_soundings(
         self,
@@ -99,11 +104,12 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
         candidates: Sequence[tuple[int, Any, str | None]],
         inputs: Mapping[str, Any],
         outputs: Mapping[str, Any],
+        state: Mapping[str, Any] | None = None,
     ) -> PhaseOutcome:
         """The phase's result from soundings that ran as tasks: pre-filter, judge, reforge. Their
         costs are not known here, so cost-aware and Pareto picks see them as unknown (the DAG
         renderer keeps such phases in one task)."""
-        self._prepare(inputs, outputs)
+        self._prepare(inputs, outputs, state)
         phase = self.cascade.phase(name)
         if phase.soundings is None:
             raise PhaseFailed(name, "has no soundings")
@@ -129,7 +135,7 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
         except Exception as err:
             raise PhaseFailed(name, _describe(err)) from err
         route = self._llm_route(phase, route)
-        return PhaseOutcome(phase=name, output=output, route=route, usage=self.usage.totals().as_dict())
+        return self._outcome(name, output, route)
 
     # -- the soundings of a phase, in one run ---------------------------------------------------
 
