@@ -24,6 +24,11 @@ from airflow_llm_provider.cascades.errors import FieldPath
 from airflow_llm_provider.cascades.refused import REFUSED_TOOLS
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
 from airflow_llm_provider.cascades.tools.builtin import argument_issues, builtin_tool, unavailable_reason
+from airflow_llm_provider.cascades.tools.declarative import (
+    DeclaredTool,
+    declared_tool_names,
+    find_declared_tool,
+)
 from airflow_llm_provider.cascades.trust import PythonToolPolicy, confined_path, python_tool_policy
 
 Issue = tuple[FieldPath, str]
@@ -245,16 +250,31 @@ class _Resolver:
             return True
         if builtin_tool(name) is not None:
             return unavailable_reason(name) is None
+        declared = find_declared_tool(name, self.folders)
+        if declared is not None:
+            return not self.declared_problems(declared)
         return find_cascade_tool(name, self.folders) is not None
+
+    def declared_problems(self, declared: DeclaredTool) -> list[str]:
+        """What makes a tool file unusable, including a ``python`` tool the trust policy refuses."""
+        problems = list(declared.problems)
+        if declared.kind == "python" and not problems:
+            refusal = self.python_policy.refusal(str(declared.definition.get("import_path")))
+            if refusal is not None:
+                problems.append(refusal)
+        return problems
 
     def unknown_tool(self, name: str, what: str = "tool") -> str:
         if name not in self.tools and (reason := unavailable_reason(name)) is not None:
             return f"Windlass built-in tool '{name}' cannot run here: {reason}"
         if name in REFUSED_TOOLS:
             return REFUSED_TOOLS[name]
+        declared = find_declared_tool(name, self.folders)
+        if declared is not None and (problems := self.declared_problems(declared)):
+            return f"tool file {declared.path}: {'; '.join(problems)}"
         if name in WINDLASS_BUILTIN_TOOLS and builtin_tool(name) is None:
             return f"Windlass built-in tool '{name}' is not available in airflow-llm-provider yet"
-        candidates = self.tools | cascade_tool_names(self.folders)
+        candidates = self.tools | cascade_tool_names(self.folders) | declared_tool_names(self.folders)
         if what == "validator":
             candidates |= set(self.cascade.validators)
         close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.7)

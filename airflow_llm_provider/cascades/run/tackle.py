@@ -25,6 +25,11 @@ from airflow_llm_provider.cascades.spec import MANIFEST, Phase
 from airflow_llm_provider.cascades.tool_cache import MISS, ToolCache
 from airflow_llm_provider.cascades.tools import PYTHON_PREFIX, call_tool
 from airflow_llm_provider.cascades.tools.builtin import BuiltinTool, ToolContext, ToolServices, builtin_tool
+from airflow_llm_provider.cascades.tools.declarative import (
+    DeclaredTool,
+    declared_tool_function,
+    find_declared_tool,
+)
 from airflow_llm_provider.cascades.tools.state import SET_STATE
 from airflow_llm_provider.cascades.trust import CONNECTION_ARGUMENTS, connection_ids, connection_refusal
 
@@ -80,16 +85,21 @@ class TackleMixin(ManifestMixin):
             return Tool.from_schema(
                 function, name=builtin.name, description=builtin.description, json_schema=builtin.json_schema
             )
+        declared = self._declared_tool(reference)
+        if declared is not None:
+            function = self._cached_tool(reference, self._resolve_tool(reference, phase_name))
+            return Tool.from_schema(
+                function,
+                name=declared.tool_id,
+                description=declared.description or f"Run the tool {declared.tool_id}.",
+                json_schema=_text_arguments(declared.inputs),
+            )
         tool = self._cascade_tool(reference)
         if tool is None:
             name = reference.split(":")[-1].split(".")[-1]
             return Tool(self._cached_tool(reference, self.tools.resolve(reference)), name=name)
         description = (tool.description or f"Run the cascade {tool.cascade_id}.").strip()
-        schema = {
-            "type": "object",
-            "properties": {k: {"type": "string", "description": v} for k, v in tool.inputs.items()},
-            "required": list(tool.inputs),
-        }
+        schema = _text_arguments(tool.inputs)
         function = self._cached_tool(reference, self._resolve_tool(reference))
         return Tool.from_schema(function, name=tool.cascade_id, description=description, json_schema=schema)
 
@@ -102,6 +112,14 @@ class TackleMixin(ManifestMixin):
         builtin = self._builtin(name)
         if builtin is not None:
             return builtin.make(self._tool_context(phase_name, deterministic=deterministic))
+        declared = self._declared_tool(name)
+        if declared is not None:
+            return declared_tool_function(
+                declared,
+                self._tool_context(phase_name, deterministic=deterministic),
+                lambda step: self._resolve_tool(step, phase_name, deterministic=deterministic),
+                self.render,
+            )
         tool = self._cascade_tool(name)
         if tool is None:
             return self.tools.resolve(name)
@@ -138,6 +156,12 @@ class TackleMixin(ManifestMixin):
 
     def _start_background(self, work: Coroutine[Any, Any, Any]) -> None:
         self._background.append(asyncio.ensure_future(work))  # awaited at the run's end (children.py)
+
+    def _declared_tool(self, name: str) -> DeclaredTool | None:
+        """A ``*.tool.json``/``*.tool.yaml`` file on the tool path with this ``tool_id``."""
+        if name in self.tools.names() or ":" in name:
+            return None
+        return find_declared_tool(name, self._tool_folders())
 
     def _cascade_tool(self, name: str) -> CascadeTool | None:
         if name in self.tools.names() or name.startswith(PYTHON_PREFIX) or ":" in name:
@@ -215,3 +239,12 @@ class TackleMixin(ManifestMixin):
                     "(as Windlass does; nothing is shared between runs)"
                 )
         return self._tool_cache
+
+
+def _text_arguments(inputs: dict[str, str]) -> dict[str, Any]:
+    """The arguments' schema of a cascade or declared tool: every input is text, all required."""
+    return {
+        "type": "object",
+        "properties": {k: {"type": "string", "description": v} for k, v in inputs.items()},
+        "required": list(inputs),
+    }
