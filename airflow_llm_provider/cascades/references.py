@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_llm_provider.cascades.errors import FieldPath
-from airflow_llm_provider.cascades.refused import REFUSED_TOOLS
+from airflow_llm_provider.cascades.refused import REFUSED_TOOLS, UNREGISTERED_TOOLS
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
 from airflow_llm_provider.cascades.tools.builtin import argument_issues, builtin_tool, unavailable_reason
 from airflow_llm_provider.cascades.tools.declarative import (
@@ -304,6 +304,8 @@ def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) 
                 yield (*at, "inputs"), message
     if phase.tackle != [MANIFEST]:
         for position, name in enumerate(phase.tackle):
+            if name in UNREGISTERED_TOOLS and name not in resolver.tools:
+                continue  # dropped with a warning, as Windlass drops it (validate.py)
             yield from _tool_issues(name, (*at, "tackle", position), base, resolver)
     for kind in ("sub_cascades", "async_cascades"):
         for position, ref in enumerate(getattr(phase, kind)):

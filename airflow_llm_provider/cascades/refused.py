@@ -71,6 +71,15 @@ _RAG = "searches Windlass's own RAG store (ClickHouse), which an Airflow deploym
 _RESEARCH = "reads and writes Windlass's research database (ClickHouse sessions)"
 _HUMAN = "(Windlass human-in-the-loop) is not supported by airflow-llm-provider yet (issue 18)"
 
+UNREGISTERED_TOOLS: dict[str, str] = {
+    name: f"`{name}` is not offered to the model: it {_VOICE}. Windlass registers it only when "
+    "those voice keys are configured and silently drops it from `tackle` otherwise; so does this "
+    "provider (the phase runs without it)"
+    for name in ("say", "listen", "transcribe_audio", "process_voice_recording")
+}
+"""Windlass tools that exist only with optional credentials: dropped from ``tackle`` with a
+warning, as Windlass drops them; a ``tool:`` phase naming one is refused (REFUSED_TOOLS)."""
+
 REFUSED_TOOLS: dict[str, str] = {
     **{
         name: f"Windlass built-in tool '{name}' {_CANNOT}: it {_BROWSER}"

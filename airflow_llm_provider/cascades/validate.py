@@ -13,6 +13,7 @@ from typing import Any
 from airflow_llm_provider.cascades.errors import FieldPath
 from airflow_llm_provider.cascades.graph import CONTEXT_KEYWORDS, source_name, templated_fields
 from airflow_llm_provider.cascades.limits import Limits, configured_limits
+from airflow_llm_provider.cascades.refused import UNREGISTERED_TOOLS
 from airflow_llm_provider.cascades.spec import (
     AUTO_FIX,
     END,
@@ -170,6 +171,9 @@ def semantic_warnings(cascade: Cascade) -> list[Issue]:
                 warnings.append(
                     (path, f"template variable '{name}' is provided by nothing here; it renders empty")
                 )
+        for position, name in enumerate(phase.tackle):
+            if name in UNREGISTERED_TOOLS:
+                warnings.append(((*at, "tackle", position), UNREGISTERED_TOOLS[name]))
     return warnings
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from airflow_llm_provider.cascades.references import CascadeTool, find_cascade_tool
+from airflow_llm_provider.cascades.refused import UNREGISTERED_TOOLS
 from airflow_llm_provider.cascades.run.manifest import ManifestMixin
 from airflow_llm_provider.cascades.run.tool_phase import CASCADE_PREFIX
 from airflow_llm_provider.cascades.spec import MANIFEST, Phase
@@ -50,7 +51,8 @@ class TackleMixin(ManifestMixin):
         from pydantic_ai import Tool
 
         names = await self._manifest_tools(phase, system) if phase.tackle == [MANIFEST] else phase.tackle
-        tools = [self._tackle_tool(name, phase.name) for name in names if name != ROUTE_TO]
+        kept = [name for name in names if not self._dropped(name)]
+        tools = [self._tackle_tool(name, phase.name) for name in kept if name != ROUTE_TO]
         chosen: dict[str, str] = {}
         targets = phase.handoff_targets
         offered = len(targets) > 1 or any(h.description for h in phase.handoffs)
@@ -130,6 +132,10 @@ class TackleMixin(ManifestMixin):
 
         run_cascade_tool.__name__ = tool.cascade_id
         return run_cascade_tool
+
+    def _dropped(self, name: str) -> bool:
+        """Windlass's voice tools are not offered unless the user registers one (refused.py)."""
+        return name in UNREGISTERED_TOOLS and name not in self.tools.names()
 
     def _builtin(self, name: str) -> BuiltinTool | None:
         """The Windlass built-in ``name``, unless the user registered a tool of that name."""
