@@ -334,3 +334,11 @@ class CallAccount:
     def release(self, reservation: Reservation) -> None:
         """The request failed or was cancelled before answering."""
         self.guard.tracker._release(reservation)
+
+
+def ends_the_run(error: BaseException) -> bool:
+    """Spending and resource limits end the whole run: never a tool's, an item's or a child's
+    failure to retry, absorb or route around."""
+    from airflow_llm_provider.cascades.limits import limit_in
+
+    return isinstance(error, BudgetExceeded) or limit_in(error) is not None

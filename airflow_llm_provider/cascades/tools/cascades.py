@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_llm_provider.cascades.budget import ends_the_run
 from airflow_llm_provider.cascades.tools.builtin import BuiltinTool, ToolContext
 
 MAP_MODES = ("aggregate", "first_valid", "all_or_nothing")
@@ -105,7 +106,7 @@ def make_map_cascade(context: ToolContext) -> Any:
                 try:
                     output = await context.run_cascade(cascade, {input_key: item})
                 except Exception as err:
-                    if _is_final(err):
+                    if ends_the_run(err):
                         raise
                     results[index] = {"index": index, "item": item, "status": "failed", "error": str(err)}
                     if on_error == "fail_fast" or mode == "all_or_nothing":
@@ -172,7 +173,7 @@ def make_spawn_cascade(context: ToolContext) -> Any:
                 context.emit(
                     f"phase {context.phase_name}: spawned cascade {cascade_ref} failed (ignored): {err}"
                 )
-                if _is_final(err):
+                if ends_the_run(err):
                     raise
                 return
             context.emit(f"phase {context.phase_name}: spawned cascade {cascade_ref}: done")
@@ -215,7 +216,7 @@ def make_windlass_data(context: ToolContext) -> Any:
                 cascade, dict(context.input), dict(context.outputs), dict(context.state)
             )
         except Exception as err:  # Windlass answers a failed cell with an error route
-            if _is_final(err):
+            if ends_the_run(err):
                 raise
             return _error(f"windlass_data: {err}")
         return {**format_result(_unfenced(output)), "_route": "success"}
@@ -244,14 +245,6 @@ def format_result(value: Any) -> dict[str, Any]:
         return {"rows": value, "columns": columns, "row_count": len(value), "type": "dataframe"}
     kind = {list: "list", dict: "dict", str: "str", int: "int", float: "float", bool: "bool"}
     return {"result": value, "type": kind.get(type(value), type(value).__name__)}
-
-
-def _is_final(err: BaseException) -> bool:
-    """Spending and resource limits end the whole run; they are never an item's failure."""
-    from airflow_llm_provider.cascades.budget import BudgetExceeded
-    from airflow_llm_provider.cascades.limits import limit_in
-
-    return isinstance(err, BudgetExceeded) or limit_in(err) is not None
 
 
 TOOLS = (
