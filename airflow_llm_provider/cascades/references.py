@@ -23,7 +23,13 @@ from pathlib import Path
 from airflow_llm_provider.cascades.errors import FieldPath
 from airflow_llm_provider.cascades.refused import REFUSED_TOOLS, UNREGISTERED_TOOLS
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
-from airflow_llm_provider.cascades.tools.builtin import argument_issues, builtin_tool, unavailable_reason
+from airflow_llm_provider.cascades.tools import PYTHON_PREFIX, ToolNotFound, ToolRegistry
+from airflow_llm_provider.cascades.tools.builtin import (
+    argument_issues,
+    builtin_tool,
+    call_issues,
+    unavailable_reason,
+)
 from airflow_llm_provider.cascades.tools.declarative import (
     DeclaredTool,
     declared_tool_names,
@@ -255,6 +261,21 @@ class _Resolver:
             return not self.declared_problems(declared)
         return find_cascade_tool(name, self.folders) is not None
 
+    def input_issues(self, name: str, arguments: list[str]) -> list[str]:
+        """A ``tool:`` phase's inputs against the tool's arguments, when the tool is a built-in or
+        an importable ``python:`` function (a registered tool is the caller's; not checked)."""
+        if name in self.tools:
+            return []
+        if builtin_tool(name) is not None:
+            return argument_issues(name, arguments)
+        if name.startswith(PYTHON_PREFIX) and self.python_policy.refusal(name[len(PYTHON_PREFIX) :]) is None:
+            try:
+                function = ToolRegistry().resolve(name)
+            except ToolNotFound:
+                return []  # reported by the tool check
+            return call_issues(function, name, arguments)
+        return []
+
     def declared_problems(self, declared: DeclaredTool) -> list[str]:
         """What makes a tool file unusable, including a ``python`` tool the trust policy refuses."""
         problems = list(declared.problems)
@@ -299,9 +320,8 @@ def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) 
         )
     if phase.tool is not None:
         yield from _tool_issues(phase.tool, (*at, "tool"), base, resolver)
-        if phase.tool not in resolver.tools:  # a built-in's inputs must match its arguments
-            for message in argument_issues(phase.tool, list(phase.inputs or {})):
-                yield (*at, "inputs"), message
+        for message in resolver.input_issues(phase.tool, list(phase.inputs or {})):
+            yield (*at, "inputs"), message
     if phase.tackle != [MANIFEST]:
         for position, name in enumerate(phase.tackle):
             if name in UNREGISTERED_TOOLS and name not in resolver.tools:

@@ -296,3 +296,14 @@ def test_validate_checks_a_built_in_tools_inputs(tmp_path):
     assert "parent.yaml:" in message and "phases[0].inputs" in message
     assert "`windlass_data` needs the input `phase_yaml`" in message
     assert "`windlass_data` takes no input `code`" in message
+
+
+def test_validate_checks_a_python_tools_inputs(tmp_path):
+    path = project(
+        tmp_path, [{"name": "c", "tool": "python:tests.tools.helpers_upper.upper", "inputs": {"txt": "a"}}]
+    )
+    with pytest.raises(CascadeValidationError) as caught:
+        load_cascade(path)
+    message = str(caught.value)
+    assert "`python:tests.tools.helpers_upper.upper` needs the input `text`" in message
+    assert "takes no input `txt` (it takes: text)" in message

@@ -189,14 +189,23 @@ def argument_issues(name: str, arguments: Collection[str]) -> list[str]:
     tool = builtin_tool(name)
     if tool is None:
         return []
-    parameters = inspect.signature(tool.make(_blank_context())).parameters.values()
+    return call_issues(tool.make(_blank_context()), name, arguments)
+
+
+def call_issues(function: Callable[..., Any], name: str, arguments: Collection[str]) -> list[str]:
+    """Missing required and unknown argument names for calling ``function`` with keywords."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: no check
+        return []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return []
-    accepted = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    required = [p.name for p in parameters if p.default is inspect.Parameter.empty and p.name in accepted]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [p.name for p in parameters if p.kind in kinds]
+    required = [p.name for p in parameters if p.kind in kinds and p.default is inspect.Parameter.empty]
     issues = [f"`{name}` needs the input `{arg}`" for arg in required if arg not in arguments]
     issues += [
-        f"`{name}` takes no input `{arg}` (it takes: {', '.join(accepted)})"
+        f"`{name}` takes no input `{arg}` (it takes: {', '.join(accepted) or 'nothing'})"
         for arg in arguments
         if arg not in accepted
     ]
