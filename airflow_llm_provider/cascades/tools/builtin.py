@@ -2,8 +2,8 @@
 
 A Windlass cascade names built-in tools (``set_state``, ``sql_data``, ``python_data``,
 ``run_code``, ``create_plotly``...) without registering them; so do ours. Each family module
-(``state``, ``sql``, ``polyglot``, ``code``, ``artifacts``, ``cascades``, ``files``) defines ``TOOLS``: a
-tuple of :class:`BuiltinTool`. A built-in is made per call site from a :class:`ToolContext` (the
+(``state``, ``sql``, ``polyglot``, ``bash``, ``code``, ``artifacts``, ``cascades``,
+``files``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is made per call site from a :class:`ToolContext` (the
 run's state, outputs, session resources and the services the Airflow adapters inject), so the
 family modules import no Airflow and keep no global state.
 
@@ -31,7 +31,7 @@ from airflow_llm_provider.cascades.settings import option_flag
 
 UNSANDBOXED_OPTION = "allow_unsandboxed_code"
 
-FAMILIES = ("state", "sql", "polyglot", "code", "artifacts", "cascades", "files")
+FAMILIES = ("state", "sql", "polyglot", "bash", "code", "artifacts", "cascades", "files")
 """Modules of ``airflow_llm_provider.cascades.tools`` holding built-in tool families."""
 
 
