@@ -203,6 +203,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "my_company.llm_tools,string.capwords",
                         "default": "",
                     },
+                    "artifacts_dir": {
+                        "description": "Folder of the cascade artifacts store (charts, HTML artifacts "
+                        "of create_artifact/show_ui; a SQLite file). Workers write it and the 'Cascade "
+                        "artifacts' page reads it, so both must see the same folder. Empty: "
+                        "$AIRFLOW_LLM_ARTIFACTS_DIR, else an 'artifacts' folder beside the phase cache.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "/shared/airflow/llm-artifacts",
+                        "default": "",
+                    },
                     "allow_unsandboxed_code": {
                         "description": "DANGEROUS. Let cascades run code a model writes (run_code, "
                         "linux_shell, python_data called by a model) and linux_shell_dangerous without "

@@ -293,16 +293,16 @@ def test_plugin_registers_the_page_for_this_airflow_line():
     from airflow_llm_provider.plugins.llm_plugin import LLMProviderPlugin
 
     if AIRFLOW_V_3_0_PLUS:
-        (app,) = LLMProviderPlugin.fastapi_apps
-        assert (app["url_prefix"], app["name"]) == ("/llm-costs", "LLM costs")
+        (app,) = [a for a in LLMProviderPlugin.fastapi_apps if a["url_prefix"] == "/llm-costs"]
+        assert app["name"] == "LLM costs"
         assert LLMProviderPlugin().fastapi_apps is LLMProviderPlugin.fastapi_apps  # built once
-        (view,) = LLMProviderPlugin.external_views
+        (view,) = [v for v in LLMProviderPlugin.external_views if v["name"] == "LLM costs"]
         assert view["href"] == "llm-costs/" and view["destination"] == "nav" and view["url_route"]
         assert LLMProviderPlugin.appbuilder_views == []
     else:
         assert LLMProviderPlugin.fastapi_apps == []
-        (view,) = LLMProviderPlugin.appbuilder_views
-        assert (view["name"], view["category"]) == ("LLM costs", "Browse")
+        (view,) = [v for v in LLMProviderPlugin.appbuilder_views if v["name"] == "LLM costs"]
+        assert view["category"] == "Browse"
         assert view["view"].route_base == "/llm-costs"
     assert LLMProviderPlugin.macros
 

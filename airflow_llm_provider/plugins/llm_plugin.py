@@ -5,7 +5,9 @@ It is the one place where UI views, macros and listeners of this provider attach
 - macros (every component): ``provider_version``, ``llm_cost`` and ``llm_budget_left``;
 - the LLM-cost page (``plugins/cost_page``): on Airflow 3 a FastAPI app mounted at ``/llm-costs``
   plus a navigation entry (``external_views``, Airflow 3.1+); on Airflow 2 a Flask-AppBuilder view
-  at ``/llm-costs`` with a "Browse > LLM costs" menu entry.
+  at ``/llm-costs`` with a "Browse > LLM costs" menu entry;
+- the "Cascade artifacts" page (``plugins/artifacts_page``) at ``/cascade-artifacts``, registered
+  the same way on both lines.
 
 Every component imports this module (schedulers and workers too, for the macros), so the web
 parts are built only when read: the api-server reads ``fastapi_apps``, the Airflow 2 webserver
@@ -69,9 +71,12 @@ def _fastapi_apps() -> list[Any]:
 
     if not AIRFLOW_V_3_0_PLUS:
         return []
+    from airflow_llm_provider.plugins.artifacts_page.fastapi_app import (
+        fastapi_app_entry as artifacts_app_entry,
+    )
     from airflow_llm_provider.plugins.cost_page.fastapi_app import fastapi_app_entry
 
-    return [fastapi_app_entry()]
+    return [fastapi_app_entry(), artifacts_app_entry()]
 
 
 def _appbuilder_views() -> list[Any]:
@@ -79,9 +84,12 @@ def _appbuilder_views() -> list[Any]:
 
     if AIRFLOW_V_3_0_PLUS:
         return []
+    from airflow_llm_provider.plugins.artifacts_page.flask_view import (
+        appbuilder_view_entry as artifacts_view_entry,
+    )
     from airflow_llm_provider.plugins.cost_page.flask_view import appbuilder_view_entry
 
-    return [appbuilder_view_entry()]
+    return [appbuilder_view_entry(), artifacts_view_entry()]
 
 
 COST_PAGE_VIEW = {
@@ -94,10 +102,18 @@ COST_PAGE_VIEW = {
     "category": "browse",
 }
 
+ARTIFACTS_PAGE_VIEW = {
+    "name": "Cascade artifacts",
+    "href": "cascade-artifacts/",
+    "url_route": "cascade-artifacts",
+    "destination": "nav",
+    "category": "browse",
+}
+
 
 class LLMProviderPlugin(AirflowPlugin):
     name = "llm_provider"
     macros = [provider_version, llm_cost, llm_budget_left]
     fastapi_apps = _BuiltOnRead(_fastapi_apps)
-    external_views = [COST_PAGE_VIEW]
+    external_views = [COST_PAGE_VIEW, ARTIFACTS_PAGE_VIEW]
     appbuilder_views = _BuiltOnRead(_appbuilder_views)

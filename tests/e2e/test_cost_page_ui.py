@@ -145,7 +145,7 @@ def test_page_is_in_the_navigation(cost_server):
     if cost_server.airflow3:
         plugins = {p["name"]: p for p in cost_server.request("GET", "/plugins")["plugins"]}
         ours = plugins["llm_provider"]
-        assert [a["url_prefix"] for a in ours["fastapi_apps"]] == ["/llm-costs"]
+        assert "/llm-costs" in [a["url_prefix"] for a in ours["fastapi_apps"]]
         (view,) = [v for v in ours["external_views"] if v["name"] == "LLM costs"]
         assert (view["href"], view["destination"], view["url_route"]) == ("llm-costs/", "nav", "llm-costs")
     else:
