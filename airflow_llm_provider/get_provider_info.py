@@ -213,6 +213,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "/shared/airflow/llm-artifacts",
                         "default": "",
                     },
+                    "code_tool_max_timeout": {
+                        "description": "Upper bound, in seconds, on the timeout a cascade or a model "
+                        "may give linux_shell (Windlass's argument); the command is killed with "
+                        "everything it started when it is reached.",
+                        "version_added": "0.2.0",
+                        "type": "float",
+                        "example": "120",
+                        "default": "300",
+                    },
                     "allow_unsandboxed_code": {
                         "description": "DANGEROUS. Let cascades run code a model writes (run_code, "
                         "linux_shell, python_data called by a model) and linux_shell_dangerous without "

@@ -18,7 +18,11 @@ worker's secrets, fill its disk or hang the task. So the code never runs in the 
 Without bubblewrap the code can still read world-readable files and open network connections;
 the limits above are what stands between it and the worker.
 
-The protocol: the child reads one JSON object on stdin and the code sets ``result`` (Python,
+:func:`run_sandboxed` runs any program that way for the built-in tools (model-written code:
+``run_code``, ``linux_shell``; the author's: ``python_data`` and friends), with a stricter sandbox
+(see its docstring) and, where this process may create one, a pids cgroup bounding its processes.
+
+The validators' protocol: the child reads one JSON object on stdin and the code sets ``result`` (Python,
 JavaScript) or prints it (bash); the verdict comes back as JSON on stdout.
 """
 
@@ -34,9 +38,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 LANGUAGES = ("python", "bash", "javascript")
 """Inline validator languages this module runs."""
@@ -51,6 +57,8 @@ class Limits:
     memory_bytes: int = 512 * 1024 * 1024
     file_bytes: int = 16 * 1024 * 1024
     output_bytes: int = 1024 * 1024
+    processes: int = 64
+    """Processes (and threads) the sandboxed program may have at once (:func:`run_sandboxed`)."""
 
 
 DEFAULT_LIMITS = Limits()
@@ -75,6 +83,16 @@ def default_limits() -> Limits:
 
 class SandboxError(RuntimeError):
     """The code could not be run at all (a missing runtime), as opposed to code that failed."""
+
+
+class SandboxUnavailable(SandboxError):
+    """``isolation="required"`` was asked for and bubblewrap cannot run on this machine."""
+
+
+Isolation = Literal["required", "best_effort", "none"]
+"""``required``: bubblewrap or :class:`SandboxUnavailable`; ``best_effort``: bubblewrap when it
+works, else a plain limited subprocess (for code as trusted as a DAG file); ``none``: always the
+plain limited subprocess (``linux_shell_dangerous``, which an admin must allow)."""
 
 
 @dataclass(frozen=True)
@@ -283,3 +301,304 @@ def _bwrap(workdir: Path) -> list[str]:
         "--die-with-parent",
         "--new-session",
     ]
+
+
+# --- Sandboxed programs: model-written code (run_code, linux_shell) and the polyglot data tools ---
+
+ALLOW_UNSANDBOXED_OPTION = "[llm_provider] allow_unsandboxed_code = True"
+
+UNAVAILABLE_REASON = (
+    "model-written code runs only in a bubblewrap sandbox, and bubblewrap cannot run on this machine: "
+    "install the Debian package `bubblewrap` (and allow unprivileged user namespaces), or, at your own "
+    f"risk, set `{ALLOW_UNSANDBOXED_OPTION}` to run it as a plain limited subprocess (dangerous: the "
+    "code can then read the worker's files and reach the network)"
+)
+
+_SCRATCH_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# Runs in the sandbox as ``python -I -S -c``: set the limits, then become the program (the limits
+# survive exec). Its arguments: the limits as JSON, then the program's argv.
+_EXEC_LAUNCHER = r"""
+import json, os, resource, sys
+for name, value in json.loads(sys.argv[1]).items():
+    # CPU: SIGXCPU at the soft limit, SIGKILL a second later if it is caught.
+    resource.setrlimit(getattr(resource, name), (value, value + 1 if name == "RLIMIT_CPU" else value))
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as error:
+    sys.stderr.write(f"cannot run {sys.argv[2]}: {error.strerror}\n")
+    sys.exit(127)
+"""
+
+# What no sandboxed program may read even where the worker could: a root worker's sandbox is
+# still the owner of root's files (it only lacks capabilities).
+_HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
+_HIDDEN_SYSTEM_DIRECTORIES = (
+    "/etc/ssh",
+    "/etc/ssl/private",
+    "/var/log",
+    "/var/backups",
+    "/var/spool",
+    "/var/mail",
+    "/var/lib/private",
+)
+
+
+def python_executable() -> str:
+    """The interpreter model-written Python runs with: this process's own, not resolved through
+    symlinks, so a virtualenv keeps its site-packages (pandas, numpy import when installed)."""
+    return sys.executable or _interpreter()
+
+
+async def run_sandboxed(
+    argv: list[str],
+    *,
+    workdir: Path,
+    stdin: str = "",
+    env: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
+    isolation: Isolation = "required",
+    merge_stderr: bool = False,
+) -> SandboxResult:
+    """Run ``argv`` in ``workdir`` (created if missing) with ``stdin``, in a sandbox, and return what
+    came back. A failing, crashing or timed-out program is a :class:`SandboxResult`.
+
+    The program gets an environment built from scratch (``PATH``, ``LANG``, ``HOME``, ``TMPDIR``, one
+    thread for OpenMP/OpenBLAS/MKL, then ``env``), the :class:`Limits` (CPU, address space, file
+    size, process count, wall clock, output read back), its own process group, killed at the
+    timeout with everything it started.
+
+    With bubblewrap (``isolation="required"`` insists on it and raises :class:`SandboxUnavailable`
+    otherwise): no network, a read-only system with a private ``/tmp`` and ``/run`` (no Unix sockets
+    of the host's servers), the worker's home, ``$AIRFLOW_HOME`` and the phase cache hidden behind
+    empty folders, ``workdir`` the only writable place, its own PID namespace, no capabilities and
+    no further user namespaces. ``best_effort`` without bubblewrap, and ``none``: a plain subprocess
+    with the same environment and limits (it can read what the worker can and reach the network).
+
+    ``merge_stderr``: stderr goes into ``stdout`` (interleaved as written) and ``stderr`` is empty.
+    Raises :class:`SandboxError` when ``argv`` is empty."""
+    if not argv:
+        raise SandboxError("run_sandboxed needs a program to run (argv is empty)")
+    sandboxed = isolation != "none" and bubblewrap_available()
+    if not sandboxed and isolation == "required":
+        raise SandboxUnavailable(UNAVAILABLE_REASON)
+    limits = limits or default_limits()
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir.resolve()
+    child_env = {"PATH": _SCRATCH_PATH, "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": "/tmp"}
+    # Numeric libraries start a thread per core by default; threads count against the process
+    # limit, and on a many-core worker numpy would fail to start.
+    child_env |= {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    if not sandboxed:
+        child_env["TMPDIR"] = str(workdir)  # no private /tmp: keep its files in its own folder
+    child_env.update(env or {})
+    rlimits: dict[str, int] = {
+        "RLIMIT_CPU": limits.cpu_seconds,
+        "RLIMIT_AS": limits.memory_bytes,
+        "RLIMIT_FSIZE": limits.file_bytes,
+        "RLIMIT_CORE": 0,
+    }
+    if sandboxed:
+        # Counted per user inside the sandbox's own user namespace; outside one it would count
+        # every process of the worker's user. Root ignores it: the pids cgroup covers that case.
+        rlimits["RLIMIT_NPROC"] = limits.processes
+    program = [_interpreter(), "-I", "-S", "-c", _EXEC_LAUNCHER, json.dumps(rlimits), *argv]
+    prefix = _sandbox_arguments(workdir) if sandboxed else []
+    cgroup = _PidsCgroup.create(limits.processes + 2)  # + bubblewrap's monitor and init
+    if cgroup is not None:
+        # The shell joins the cgroup, then becomes bubblewrap: every descendant is counted.
+        prefix = ["/bin/sh", "-c", 'echo $$ > "$0" || exit 125; exec "$@"', str(cgroup.procs), *prefix]
+    outputs = Path(tempfile.mkdtemp(prefix="llm-sandbox-out-"))
+    try:
+        return await _run_program(prefix + program, stdin, child_env, workdir, limits, outputs, merge_stderr)
+    finally:
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.close)
+        shutil.rmtree(outputs, ignore_errors=True)
+
+
+async def _run_program(
+    argv: list[str],
+    stdin: str,
+    env: dict[str, str],
+    workdir: Path,
+    limits: Limits,
+    outputs: Path,
+    merge_stderr: bool,
+) -> SandboxResult:
+    # Output goes to files outside the sandbox, bounded by RLIMIT_FSIZE: a flood cannot fill the
+    # worker's memory, and the program cannot read or replace them.
+    out_path, err_path = outputs / "stdout", outputs / "stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=out if merge_stderr else err,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,  # its own process group: a timeout kills children too
+        )
+        timed_out = False
+        try:
+            await asyncio.wait_for(process.communicate(stdin.encode()), limits.wall_seconds)
+        except TimeoutError:
+            timed_out = True
+        finally:
+            # Also after a normal exit: without bubblewrap, background children may live on.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            if process.returncode is None:
+                await process.wait()
+    return SandboxResult(
+        returncode=process.returncode if process.returncode is not None else -1,
+        stdout=_read_bounded(out_path, limits.output_bytes),
+        stderr=_read_bounded(err_path, limits.output_bytes),
+        timed_out=timed_out,
+    )
+
+
+def _hidden_directories() -> list[Path]:
+    """Folders a sandboxed program must not see: the worker's home, ``$AIRFLOW_HOME`` and the
+    phase cache's folder (all may hold credentials, connections or other runs' answers)."""
+    candidates: list[str] = [os.environ.get("HOME", ""), str(Path("~").expanduser())]
+    with contextlib.suppress(ImportError, KeyError):
+        import pwd
+
+        candidates.append(pwd.getpwuid(os.getuid()).pw_dir)
+    airflow_home = os.environ.get("AIRFLOW_HOME") or str(Path("~/airflow").expanduser())
+    candidates += [airflow_home, os.environ.get("AIRFLOW_LLM_CACHE_DIR", "")]
+    found: list[Path] = []
+    for candidate in candidates:
+        if not candidate:
+            continue
+        path = Path(candidate).resolve()
+        if path != Path("/") and path.is_dir() and path not in found:
+            found.append(path)
+    # A folder inside another hidden one is hidden with it.
+    return [path for path in found if not any(other in path.parents for other in found)]
+
+
+def _python_directories() -> list[Path]:
+    """Where the interpreters the sandbox runs live (this process's virtualenv and the base
+    installation it points to), to show again read-only when they sit under a hidden folder."""
+    places = [Path(sys.prefix), Path(sys.base_prefix), Path(python_executable()).parent]
+    places += [place.resolve() for place in places] + [Path(_interpreter()).parent.parent]
+    unique: list[Path] = []
+    for place in places:
+        if place.is_dir() and place not in unique:
+            unique.append(place)
+    return unique
+
+
+def _sandbox_arguments(workdir: Path) -> list[str]:
+    bwrap = shutil.which("bwrap") or "bwrap"
+    hidden = [*_hidden_directories(), Path("/tmp"), Path("/run")]
+    hidden += [
+        Path(name)
+        for name in ("/var/run", *_HIDDEN_SYSTEM_DIRECTORIES)
+        if Path(name).is_dir() and not Path(name).is_symlink()
+    ]
+    arguments = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for directory in hidden:
+        # Empty folders over them; /run also holds servers' Unix sockets (PostgreSQL's), which a
+        # read-only mount does not stop a client from connecting to.
+        arguments += ["--tmpfs", str(directory)]
+    # Airflow's configuration may live outside $AIRFLOW_HOME (and hold the metadata database's URL).
+    for name in (*_HIDDEN_FILES, os.environ.get("AIRFLOW_CONFIG", "")):
+        if name and os.path.isfile(name):
+            arguments += ["--ro-bind", "/dev/null", os.path.realpath(name)]
+    for place in _python_directories():
+        if any(place == directory or directory in place.parents for directory in hidden):
+            arguments += ["--ro-bind", str(place), str(place)]
+    arguments += [
+        "--bind",
+        str(workdir),
+        str(workdir),
+        "--chdir",
+        str(workdir),
+        "--unshare-all",  # no network; own PID, IPC, UTS, cgroup namespaces
+        "--unshare-user",
+        "--disable-userns",  # no nested user namespace to regain capabilities in
+        "--cap-drop",
+        "ALL",  # a root worker's sandbox could otherwise unmount the folders hiding secrets
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+    ]
+    return arguments
+
+
+class _PidsCgroup:
+    """A pids cgroup for one run (cgroup v1 or v2), when this process may create one: it bounds
+    the processes of a root worker's sandbox, which RLIMIT_NPROC does not, and lets every
+    leftover process be killed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.procs = path / "cgroup.procs"
+
+    @classmethod
+    def create(cls, limit: int) -> _PidsCgroup | None:
+        for parent in _pids_cgroup_parents():
+            path = parent / f"airflow-llm-sandbox-{os.getpid()}-{os.urandom(4).hex()}"
+            try:
+                path.mkdir()
+            except OSError:
+                continue
+            try:
+                (path / "pids.max").write_text(str(limit))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                continue
+            return cls(path)
+        return None
+
+    def close(self) -> None:
+        """Kill what is left in the cgroup and remove it."""
+        for _ in range(50):
+            try:
+                pids = [int(line) for line in self.procs.read_text().split()]
+            except (OSError, ValueError):
+                break
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        for _ in range(250):  # dying processes leave the cgroup within moments
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+def _pids_cgroup_parents() -> list[Path]:
+    """This process's own pids cgroup folders (v1, then v2) where a child cgroup may go."""
+    root = Path("/sys/fs/cgroup")
+    parents: list[Path] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return parents
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, relative = parts
+        relative = relative.lstrip("/")
+        if "pids" in controllers.split(","):
+            parents.append(root / "pids" / relative)
+        elif controllers == "":
+            for base in (root, root / "unified"):
+                if (base / "cgroup.controllers").exists():
+                    parents.append(base / relative)
+                    break
+    return [parent for parent in parents if parent.is_dir() and os.access(parent, os.W_OK)]
