@@ -357,6 +357,7 @@ def _tool_issues(name: str, at: FieldPath, base: Path, resolver: _Resolver) -> I
             yield at, refusal
         return
     if name.startswith("shell:"):
+        yield from _file_issue(name[len("shell:") :].strip(), base, at, "shell script")
         return
     if name.startswith("sql:"):
         yield from _file_issue(name[4:].strip(), base, at, "SQL file")

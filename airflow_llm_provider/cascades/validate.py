@@ -245,7 +245,8 @@ def _tool_reference(tool: str, at: FieldPath) -> Iterator[Issue]:
     elif tool.startswith("cascade:"):
         yield from _cascade_reference(tool, at)
     elif tool.startswith("shell:"):
-        yield at, "`shell:` tools (Windlass) are not supported by airflow-llm-provider yet"
+        if not tool[len("shell:") :].strip():
+            yield at, "`shell:` needs a script file, e.g. shell:scripts/fetch.sh"
     elif not _TOOL_NAME.match(tool):
         yield at, f"'{tool}' is not a tool name, python:module.func, sql:file.sql or cascade:file.yaml"
 

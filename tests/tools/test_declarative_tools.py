@@ -126,3 +126,47 @@ def test_unusable_tool_files_are_refused_before_the_run(tmp_path, definition, me
     with pytest.raises(CascadeValidationError) as caught:
         load_cascade(path)
     assert "uses_tools.yaml:" in str(caught.value) and message in str(caught.value)
+
+
+def test_a_shell_script_tool_phase_as_windlass(tmp_path):
+    """``tool: shell:<script>``: ``bash <script>`` with inputs as ``WINDLASS_<KEY>``, answering
+    ``{stdout, stderr, returncode, _route}``; a failing script routes ``error``."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "greet.sh").write_text(
+        'echo "hello $WINDLASS_NAME"\nexit "${WINDLASS_CODE:-0}"\n'
+    )
+    phases = [
+        {"name": "ok", "tool": "shell:scripts/greet.sh", "inputs": {"name": "pear"}},
+        {
+            "name": "bad",
+            "tool": "shell:scripts/greet.sh",
+            "inputs": {"name": "fig", "code": "3"},
+            "routing": {"error": "mend", "success": "done"},
+            "handoffs": ["mend", "done"],
+        },
+        {"name": "done", "tool": "python:tests.tools.helpers_upper.upper", "inputs": {"text": "x"}},
+        {"name": "mend", "tool": "python:tests.tools.helpers_upper.upper", "inputs": {"text": "y"}},
+    ]
+    path = tmp_path / "shell.yaml"
+    path.write_text(yaml.safe_dump({"cascade_id": "shell", "phases": phases}))
+    result = run(path)
+    assert result.status == "success", result.error
+    assert result.outputs["ok"] == {
+        "stdout": "hello pear",
+        "stderr": "",
+        "returncode": 0,
+        "_route": "success",
+    }
+    assert (
+        result.outputs["bad"]["returncode"] == 3 and "mend" in result.outputs and "done" not in result.outputs
+    )
+
+
+def test_a_missing_shell_script_is_a_validate_error(tmp_path):
+    path = tmp_path / "shell.yaml"
+    path.write_text(
+        yaml.safe_dump({"cascade_id": "shell", "phases": [{"name": "s", "tool": "shell:nope.sh"}]})
+    )
+    with pytest.raises(CascadeValidationError) as caught:
+        load_cascade(path)
+    assert "shell.yaml:" in str(caught.value) and "shell script 'nope.sh' not found" in str(caught.value)

@@ -4,6 +4,7 @@ retries, timeouts, ``on_error`` and routing on the result."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from airflow_llm_provider.cascades.spec import Cascade, Phase
 from airflow_llm_provider.cascades.tools import call_tool
 
 SQL_PREFIX = "sql:"
+SHELL_PREFIX = "shell:"
 SQL_TOOL_ARGUMENTS = ("conn_id", "parameters", "max_rows")
 CASCADE_PREFIX = "cascade:"
 MAX_CASCADE_DEPTH = 5
@@ -37,6 +39,18 @@ class ToolPhaseMixin(RunnerBase):
 
             async def function(**child_input: Any) -> Any:
                 return await self._run_sub_cascade(tool, child_input)
+
+        elif tool.startswith(SHELL_PREFIX):
+            script = self._cascade_path(tool[len(SHELL_PREFIX) :])
+            if not script.is_file():
+                raise FileNotFoundError(f"shell script '{tool[len(SHELL_PREFIX) :]}' not found at {script}")
+
+            async def function(**inputs: Any) -> Any:
+                from airflow_llm_provider.cascades.tools.bash import run_shell_script
+
+                return await run_shell_script(
+                    self._tool_context(phase.name, deterministic=True), script, inputs
+                )
 
         elif tool.startswith(SQL_PREFIX):
             # Other inputs are variables of the SQL template (``inputs.x``), not tool arguments.
@@ -96,15 +110,20 @@ class ToolPhaseMixin(RunnerBase):
         inputs: Mapping[str, Any],
         outputs: Mapping[str, Any] | None = None,
         state: Mapping[str, Any] | None = None,
+        variables: Mapping[str, Any] | None = None,
     ) -> Any:
         """A child run for a built-in tool (``tools/builtin.py``: ``ToolContext.run_cascade``): a
         cascade file relative to this cascade's folder (or the folders above it, as Windlass
         resolves paths from its working directory), or a cascade built in memory that starts with
-        the caller's ``outputs`` and ``state``. Shared usage, budget, depth and run limits."""
+        the caller's ``outputs`` and ``state`` and sees ``variables`` in its templates (rows.py).
+        Shared usage, budget, depth and run limits."""
         if isinstance(cascade, str):
             return await self._run_sub_cascade(f"{CASCADE_PREFIX}{self._child_reference(cascade)}", inputs)
         self._check_child_allowed(cascade.cascade_id)
-        child = type(self)(cascade, self.options, parent=self, base_dir=self.base_dir)
+        options = self.options
+        if variables:
+            options = dataclasses.replace(options, template_context={**options.template_context, **variables})
+        child = type(self)(cascade, options, parent=self, base_dir=self.base_dir)
         child._outputs.update(outputs or {})
         child._state.update(state or {})
         return await self._execute_child(child, inputs)

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from airflow_llm_provider.cascades.tools.builtin import BuiltinTool, ToolContext, ToolServices
@@ -292,6 +293,45 @@ def _parse_output(stdout: str, output_format: str) -> tuple[list[dict[str, Any]]
 
 
 # --- The family ------------------------------------------------------------------------------
+
+
+SHELL_SCRIPT_SECONDS = 300.0
+"""Windlass's timeout for ``tool: shell:<script>``."""
+
+
+async def run_shell_script(context: ToolContext, script: Path, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Windlass's ``tool: shell:<script>``: ``bash <script>`` with each input as the environment
+    variable ``WINDLASS_<KEY>``, answering ``{stdout, stderr, returncode, _route}`` (``success``
+    when it exits 0, else ``error``). The script is the cascade author's file: it runs as a copy in
+    the run's ``shell`` folder, in bubblewrap when it works (``best_effort``), with an environment
+    built from scratch and the polyglot limits; 300 s, as in Windlass."""
+    from airflow_llm_provider.cascades.sandbox import run_sandboxed
+
+    workdir = context.session.folder / "shell"
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = workdir / f".script-{script.name}"
+    shutil.copyfile(script, copy)  # the script's folder may be hidden in the sandbox (dags folder)
+    env = {
+        f"WINDLASS_{str(key).upper()}": value if isinstance(value, str) else json.dumps(_jsonable(value))
+        for key, value in inputs.items()
+        if _ENV_NAME.match(f"WINDLASS_{str(key).upper()}")
+    }
+    result = await run_sandboxed(
+        ["bash", str(copy)],
+        workdir=workdir,
+        env=env,
+        limits=_limits(SHELL_SCRIPT_SECONDS),
+        isolation="best_effort",
+    )
+    answer: dict[str, Any] = {
+        "stdout": _cut(result.stdout),
+        "stderr": _cut(result.stderr),
+        "returncode": result.returncode,
+        "_route": "success" if result.returncode == 0 and not result.timed_out else "error",
+    }
+    if result.timed_out:
+        answer["error"] = f"shell:{script.name} timed out after {SHELL_SCRIPT_SECONDS:g}s"
+    return answer
 
 
 def _bash_missing(services: ToolServices | None) -> str | None:
