@@ -180,9 +180,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         from airflow_llm_provider.cascades.cache import open_cache
         from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
+        from airflow_llm_provider.cascades.trust import connection_ids
         from airflow_llm_provider.costs.budgets import command_line_identity, configured_accounting
         from airflow_llm_provider.hooks.llm import LLMHook
-        from airflow_llm_provider.operators.cascade_tools import airflow_tools
+        from airflow_llm_provider.operators.cascade_tools import airflow_tool_services, airflow_tools
 
         hook = LLMHook(llm_conn_id=args.conn_id or cascade.defaults.llm_conn_id, model=args.model)
         try:
@@ -197,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         options = RunOptions(
             model_factory=hook.model_for,
             tools=airflow_tools(),
+            tool_services=airflow_tool_services(conn_ids=connection_ids(cascade)),
             base_dir=Path(args.cascade).resolve().parent,
             tool_path=args.tool_path,
             model=args.model,

@@ -108,20 +108,27 @@ def _run_all(valid: list[tuple[Path, Any]], timeout: float) -> list[dict[str, An
 
 def _run_one(path: Path, cascade: Any, timeout: float) -> dict[str, Any]:
     from airflow_llm_provider.cascades.runner import CascadeRunner, RunOptions
+    from airflow_llm_provider.cascades.trust import connection_ids
     from airflow_llm_provider.hooks.llm import LLMHook
-    from airflow_llm_provider.operators.cascade_tools import airflow_tools
+    from airflow_llm_provider.operators.cascade_tools import airflow_tool_services, airflow_tools
 
     hook = LLMHook(llm_conn_id="pydanticai_default")
     options = RunOptions(
         model_factory=hook.model_for,
         tools=airflow_tools(),
+        tool_services=airflow_tool_services(conn_ids=connection_ids(cascade)),
         base_dir=path.resolve().parent,
         on_event=lambda line: None,
     )
     inputs = {name: SAMPLE_INPUT for name in cascade.inputs_schema}
 
+    runner = CascadeRunner(cascade, options)
+
     async def run() -> Any:
-        return await asyncio.wait_for(CascadeRunner(cascade, options).run(inputs), timeout)
+        try:
+            return await asyncio.wait_for(runner.run(inputs), timeout)
+        finally:
+            runner.close_sessions()
 
     try:
         result = asyncio.run(run())

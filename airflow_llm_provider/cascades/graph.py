@@ -7,7 +7,8 @@ depends on what. Dependencies come from every templated string (via the Jinja AS
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow_llm_provider.cascades.errors import FieldPath
@@ -93,6 +94,35 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
     return [name for name in dict.fromkeys(sources) if name not in excluded]
 
 
+SESSION_TABLE_TOOLS = frozenset({"sql_data", "python_data", "js_data", "clojure_data", "bash_data"})
+"""Built-ins that read earlier phases' session tables (``_<phase>``, tools/session_db.py)."""
+_WORD = re.compile(r"\w+")
+
+
+def session_table_reads(phase: Phase, earlier: Sequence[Phase]) -> set[str]:
+    """Earlier phases whose session tables a phase reads: ``_<phase>``, ``_<phase>_<key>`` or a
+    ``for_each_row.result_table``, named in a data tool phase's inputs or as a ``for_each_row``
+    table; an LLM phase offered a data tool may query any earlier one."""
+    if phase.for_each_row is not None:
+        words = {phase.for_each_row.table}
+    elif phase.tool is None:
+        offered = SESSION_TABLE_TOOLS & set(phase.tackle or ())
+        return {other.name for other in earlier} if offered else set()
+    elif phase.tool in SESSION_TABLE_TOOLS:
+        words = {m.group(0) for _, text in strings_in(phase.inputs or {}) for m in _WORD.finditer(text)}
+    else:
+        return set()
+    return {other.name for other in earlier if _writes_a_table_named(other, words)}
+
+
+def _writes_a_table_named(phase: Phase, words: set[str]) -> bool:
+    own = f"_{phase.name}"
+    if any(word == own or word.startswith(own + "_") for word in words):
+        return True
+    result_table = phase.for_each_row.result_table if phase.for_each_row is not None else None
+    return result_table is not None and result_table in words
+
+
 def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
     """Phase name -> the phases whose outputs it reads. A phase reading other state keys
     (``state.x``, written at run time by ``set_state`` and the engine) waits for every phase
@@ -100,7 +130,9 @@ def phase_dependencies(cascade: Cascade) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     names = [p.name for p in cascade.phases]
     for index, phase in enumerate(cascade.phases):
-        needs: set[str] = set(context_sources(cascade, phase))
+        needs: set[str] = set(context_sources(cascade, phase)) | session_table_reads(
+            phase, cascade.phases[:index]
+        )
         for _, text in templated_fields(phase):
             needs |= referenced_phases(text)
             if reads_state_beyond_outputs(text):

@@ -42,7 +42,6 @@ NOT_YET: dict[str, dict[str, str]] = {
         "research_db": f"`research_db` (Windlass research sessions) {_NOT_YET}",
     },
     "Phase": {
-        "for_each_row": f"`for_each_row` (Windlass SQL row fan-out) {_NOT_YET}; use `map_over`",
         "rag": f"`rag` (Windlass RAG) {_NOT_YET}",
         "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
         "decision_points": f"`decision_points` (Windlass human decisions) {_NOT_YET}",

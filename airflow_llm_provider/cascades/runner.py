@@ -33,6 +33,7 @@ from airflow_llm_provider.cascades.run.results import (
     RunOptions,
     RunRecord,
 )
+from airflow_llm_provider.cascades.run.rows import RowsMixin
 from airflow_llm_provider.cascades.run.rules import RulesMixin
 from airflow_llm_provider.cascades.run.soundings import MUTATIONS, SoundingsMixin
 from airflow_llm_provider.cascades.run.tackle import TackleMixin
@@ -72,6 +73,7 @@ __all__ = [
 class CascadeRunner(
     FlowMixin,
     ToolPhaseMixin,
+    RowsMixin,
     LlmPhaseMixin,
     SoundingsMixin,
     RulesMixin,

@@ -197,8 +197,13 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
     from airflow_llm_provider.cascades.cache import open_cache
     from airflow_llm_provider.cascades.runner import RunOptions, RunRecord
     from airflow_llm_provider.cascades.spec import Budget
+    from airflow_llm_provider.cascades.trust import connection_ids
     from airflow_llm_provider.hooks.llm import LLMHook
-    from airflow_llm_provider.operators.cascade_tools import airflow_tools, configured_tool_path
+    from airflow_llm_provider.operators.cascade_tools import (
+        airflow_tool_services,
+        airflow_tools,
+        configured_tool_path,
+    )
 
     source = task._cascade_source()
     # What the OpenLineage methods read after execute: usage, models, winners, SQL run.
@@ -209,7 +214,9 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
     options = RunOptions(
         model_factory=hook.model_for,
         model=task.model,
-        tools=airflow_tools(task.tools, on_sql=state.sql_runs.append),
+        tools=airflow_tools(task.tools),
+        tool_services=airflow_tool_services(on_sql=state.sql_runs.append, conn_ids=connection_ids(cascade)),
+        session_id=session_id_of(context),
         record=state.record,
         template_context=template_context(context),
         base_dir=None if isinstance(source, Mapping) else Path(source).parent,  # sql:, tools by name
@@ -224,6 +231,19 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
         call_observer=ledger_accounting_for(task, context, cascade),
     )
     return options, hook
+
+
+def session_id_of(context: Any) -> str | None:
+    """The run's session id for this task instance (its scratch folder, session database and the
+    artifacts it stores): ``<dag_id>__<run_id>__<task_id>[__<map_index>]``, what the "Cascade
+    artifacts" page filters by. None outside a task."""
+    ti = context.get("ti") if isinstance(context, Mapping) else None
+    if ti is None:
+        return None
+    parts = [ti.dag_id, ti.run_id, ti.task_id]
+    if getattr(ti, "map_index", -1) not in (-1, None):
+        parts.append(str(ti.map_index))
+    return "__".join(str(part) for part in parts)
 
 
 def _int_or(value: Any, default: int) -> int:

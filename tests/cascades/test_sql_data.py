@@ -13,7 +13,8 @@ import pytest
 
 from airflow_llm_provider.cascades import load_cascade
 from airflow_llm_provider.cascades.runner import RunOptions, run_cascade
-from airflow_llm_provider.operators.cascade_tools import airflow_tools, sql_data
+from airflow_llm_provider.cascades.trust import connection_ids
+from airflow_llm_provider.operators.cascade_tools import airflow_tool_services, airflow_tools, sql_data
 from airflow_llm_provider.testing.openai_server import text
 
 
@@ -92,7 +93,12 @@ def test_cascade_reads_rows_then_summarizes(sales_db, llm_server, tmp_path: Path
     result = run_cascade(
         spec,
         {"region": "emea"},
-        RunOptions(model_factory=server_models(llm_server), tools=airflow_tools(), base_dir=tmp_path),
+        RunOptions(
+            model_factory=server_models(llm_server),
+            tools=airflow_tools(),
+            tool_services=airflow_tool_services(conn_ids=connection_ids(spec)),
+            base_dir=tmp_path,
+        ),
     )
     assert result.status == "success", result.error
     assert result.outputs["totals"] == [{"region": "emea", "total": 2000.5}]
@@ -110,7 +116,7 @@ def test_missing_sql_file_fails_the_phase_clearly(sales_db, tmp_path: Path):
     )
     result = run_cascade(spec, {}, RunOptions(tools=airflow_tools(), base_dir=tmp_path))
     assert result.status == "failed"
-    assert "sql file 'nope.sql' not found" in result.error
+    assert "sql file 'nope.sql' not found" in str(result.error)
 
 
 def test_operator_gets_sql_data_and_reads_sql_files_next_to_the_cascade(

@@ -387,20 +387,23 @@ def test_reforge_of_cascade_level_soundings_is_refused_by_name_before_a_run():
         load(body)
 
 
-def test_windlass_sql_data_arguments_are_refused_by_name_ours_pass(tmp_path):
+def test_windlass_and_our_sql_data_arguments_both_validate(tmp_path):
     windlass = write(
         tmp_path,
         "w.yaml",
         "cascade_id: w\nphases:\n  - name: a\n    tool: sql_data\n    inputs: {query: select 1}\n",
     )
-    [(_, field, message)] = issues_of(windlass)
-    assert (
-        field == "phases[0].tool"
-        and "Windlass's arguments (query, connection, limit, materialize)" in message
-    )
+    assert issues_of(windlass) == []
     ours = write(
         tmp_path,
         "o.yaml",
         "cascade_id: o\nphases:\n  - name: a\n    tool: sql_data\n    inputs: {conn_id: db, sql: select 1}\n",
     )
     assert issues_of(ours) == []
+    typo = write(
+        tmp_path,
+        "t.yaml",
+        "cascade_id: t\nphases:\n  - name: a\n    tool: sql_data\n    inputs: {querry: select 1}\n",
+    )
+    [(_, field, message)] = issues_of(typo)
+    assert field == "phases[0].inputs" and "`sql_data` takes no input `querry`" in message

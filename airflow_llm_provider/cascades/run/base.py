@@ -12,6 +12,7 @@ from airflow_llm_provider.cascades.run.core import RunnerCore
 if TYPE_CHECKING:
     from airflow_llm_provider.cascades.run.results import PhaseOutcome
     from airflow_llm_provider.cascades.spec import Cascade, Phase, ValidatorRef
+    from airflow_llm_provider.cascades.tools.builtin import ToolContext
 
 
 class RunnerBase(RunnerCore):
@@ -43,7 +44,18 @@ class RunnerBase(RunnerCore):
             inputs: Mapping[str, Any],
             outputs: Mapping[str, Any] | None = None,
             state: Mapping[str, Any] | None = None,
+            variables: Mapping[str, Any] | None = None,
         ) -> Any: ...
+
+        # tool_phase.py (static)
+        @staticmethod
+        def _route_of(phase: Phase, result: Any) -> str | None: ...
+
+        # tackle.py
+        def _tool_context(self, phase_name: str, *, deterministic: bool = False) -> ToolContext: ...
+
+        # rows.py
+        async def _run_row_phase(self, phase: Phase) -> tuple[Any, str | None]: ...
 
         # llm_phase.py
         async def _run_llm_phase(

@@ -181,6 +181,8 @@ class FlowMixin(CascadeSoundingsMixin):
                 output, route = await self._run_mapped(phase), None
             elif phase.kind == "tool":
                 output, route = await self._run_tool_phase(phase)
+            elif phase.kind == "rows":
+                output, route = await self._run_row_phase(phase)
             else:
                 output, route = await self._run_llm_phase(phase)
         except (PhaseFailed, BudgetExceeded) as err:

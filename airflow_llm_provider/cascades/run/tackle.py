@@ -158,6 +158,7 @@ class TackleMixin(ManifestMixin):
             run_cascade=self._run_child,
             start_background=self._start_background,
             deterministic=deterministic,
+            connections=connection_ids(self.cascade),
         )
 
     def _start_background(self, work: Coroutine[Any, Any, Any]) -> None:

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from airflow_llm_provider.cascades.trust import PythonToolPolicy
 
 PYTHON_PREFIX = "python:"
-STANDARD_TOOLS = ("sql_data",)
-"""Tools the Airflow adapters register for every cascade (``operators/cascade_tools.py``);
-validation assumes them unless told which tools a run will have."""
+STANDARD_TOOLS: tuple[str, ...] = ()
+"""Tools the Airflow adapters register for every cascade besides the built-ins
+(``operators/cascade_tools.py``; ``sql_data`` is a built-in now, ``tools/sql.py``); validation
+assumes them unless told which tools a run will have."""
 
 
 class ToolNotFound(LookupError):

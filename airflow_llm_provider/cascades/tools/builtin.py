@@ -3,9 +3,9 @@
 A Windlass cascade names built-in tools (``set_state``, ``sql_data``, ``python_data``,
 ``run_code``, ``create_plotly``...) without registering them; so do ours. Each family module
 (``state``, ``sql``, ``polyglot``, ``bash``, ``code``, ``artifacts``, ``cascades``,
-``files``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is made per call site from a :class:`ToolContext` (the
-run's state, outputs, session resources and the services the Airflow adapters inject), so the
-family modules import no Airflow and keep no global state.
+``files``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is made per call site
+from a :class:`ToolContext` (the run's state, outputs, session resources and the services the
+Airflow adapters inject), so the family modules import no Airflow and keep no global state.
 
 Resolution order (as Windlass's registry lookup): a tool the user registers under a name wins,
 then the built-in of that name, then a cascade by ``cascade_id`` on the tool path.
@@ -132,6 +132,8 @@ class ToolContext:
     coroutine (async tool)."""
     deterministic: bool = False
     """Called by a ``tool:`` phase (Windlass gives those phases' data tools the run's data)."""
+    connections: frozenset[str] | None = None
+    """The connection ids the cascade may use (``trust.connection_ids``); None: not known here."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
