@@ -320,7 +320,15 @@ def _phase_issues(phase: Phase, at: FieldPath, base: Path, resolver: _Resolver) 
         )
     if phase.tool is not None:
         yield from _tool_issues(phase.tool, (*at, "tool"), base, resolver)
-        for message in resolver.input_issues(phase.tool, list(phase.inputs or {})):
+        arguments = list(phase.inputs or {})
+        if phase.tool == "sql_data" and "llm_config" in arguments and "sql_data" not in resolver.tools:
+            arguments.remove("llm_config")
+            yield (
+                (*at, "inputs", "llm_config"),
+                "`llm_config` (Windlass's LLM functions in SQL, windlass_udf) is not supported by "
+                "airflow-llm-provider yet",
+            )
+        for message in resolver.input_issues(phase.tool, arguments):
             yield (*at, "inputs"), message
     if phase.tackle != [MANIFEST]:
         for position, name in enumerate(phase.tackle):

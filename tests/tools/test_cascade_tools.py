@@ -289,13 +289,26 @@ def test_the_model_maps_a_cascade_through_tackle(tmp_path, llm_server):
 
 
 def test_validate_checks_a_built_in_tools_inputs(tmp_path):
-    path = project(tmp_path, [{"name": "c", "tool": "windlass_data", "inputs": {"code": "x.yaml"}}])
+    path = project(
+        tmp_path, [{"name": "c", "tool": "map_cascade", "inputs": {"cascade": "x.yaml", "items": "[1]"}}]
+    )
     with pytest.raises(CascadeValidationError) as caught:
         load_cascade(path)
     message = str(caught.value)
     assert "parent.yaml:" in message and "phases[0].inputs" in message
-    assert "`windlass_data` needs the input `phase_yaml`" in message
-    assert "`windlass_data` takes no input `code`" in message
+    assert "`map_cascade` needs the input `map_over`" in message
+    assert "`map_cascade` takes no input `items`" in message
+
+
+def test_windlass_data_takes_the_notebooks_code_input(tmp_path, llm_server):
+    """Windlass's notebooks give every cell's body as `code`; their runner hands it to
+    windlass_data as phase_yaml, so a notebook cascade runs here unchanged."""
+    cell = yaml.safe_dump({"instructions": "Go.", "output_schema": {"type": "object", "properties": {}}})
+    path = project(tmp_path, [{"name": "cell", "tool": "windlass_data", "inputs": {"code": cell}}])
+    llm_server.script(structured({"ok": 1}))
+    result = run(path, RunOptions(model_factory=server_models(llm_server)))
+    assert result.status == "success", result.error
+    assert result.outputs["cell"]["result"] == {"ok": 1}
 
 
 def test_validate_checks_a_python_tools_inputs(tmp_path):

@@ -185,10 +185,19 @@ def make_spawn_cascade(context: ToolContext) -> Any:
 
 
 def make_windlass_data(context: ToolContext) -> Any:
-    async def windlass_data(phase_yaml: str) -> dict[str, Any]:
-        """Run one LLM phase, given as YAML (instructions, model, output_schema required,
-        soundings, wards, tackle...), with the run's outputs and state in its templates; its
-        structured answer becomes rows (a list of objects) or a result."""
+    async def windlass_data(phase_yaml: str | None = None, code: str | None = None) -> dict[str, Any]:
+        """Run one LLM phase, given as YAML in `phase_yaml` (instructions, model, output_schema
+        required, soundings, wards, tackle...), with the run's outputs and state in its templates;
+        its structured answer becomes rows (a list of objects) or a result. `code` is the same
+        YAML under the name Windlass's notebooks give every cell's body."""
+        if phase_yaml is None:
+            phase_yaml = code
+        elif code is not None:
+            return _error("windlass_data: give the phase in `phase_yaml` or `code`, not both")
+        if phase_yaml is None:
+            return _error(
+                "windlass_data: the phase YAML is missing (`phase_yaml`, or `code` as in notebooks)"
+            )
         from airflow_llm_provider.cascades.errors import CascadeValidationError
         from airflow_llm_provider.cascades.loader import load_cascade
         from airflow_llm_provider.cascades.parsing import Collector, parse_document
