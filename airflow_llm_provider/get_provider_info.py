@@ -84,6 +84,7 @@ def get_provider_info() -> dict[str, Any]:
                 "plugin-class": "airflow_llm_provider.plugins.llm_plugin.LLMProviderPlugin",
             },
         ],
+        "extra-links": ["airflow_llm_provider.operators.links.CascadeArtifactsLink"],
         "config": {
             "llm_provider": {
                 "description": "Settings of airflow-llm-provider.",

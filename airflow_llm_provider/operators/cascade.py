@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 from airflow_llm_provider.cascades.templates import AIRFLOW_VARIABLES
+from airflow_llm_provider.operators.links import CascadeArtifactsLink
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -104,6 +105,7 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
     template_fields: Sequence[str] = ("inputs", "llm_conn_id", "model")
     template_fields_renderers = {"inputs": "json"}
     ui_color = "#e8f0fe"
+    operator_extra_links = (CascadeArtifactsLink(),)
 
     def __init__(
         self,
@@ -235,15 +237,13 @@ def run_options_for(task: Any, cascade: Cascade, context: Any) -> tuple[RunOptio
 
 def session_id_of(context: Any) -> str | None:
     """The run's session id for this task instance (its scratch folder, session database and the
-    artifacts it stores): ``<dag_id>__<run_id>__<task_id>[__<map_index>]``, what the "Cascade
-    artifacts" page filters by. None outside a task."""
+    artifacts it stores; the task's "Cascade artifacts" link filters by it). None outside a task."""
+    from airflow_llm_provider.operators.links import session_id_for
+
     ti = context.get("ti") if isinstance(context, Mapping) else None
     if ti is None:
         return None
-    parts = [ti.dag_id, ti.run_id, ti.task_id]
-    if getattr(ti, "map_index", -1) not in (-1, None):
-        parts.append(str(ti.map_index))
-    return "__".join(str(part) for part in parts)
+    return session_id_for(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
 
 
 def _int_or(value: Any, default: int) -> int:

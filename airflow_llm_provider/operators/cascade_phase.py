@@ -33,6 +33,7 @@ from airflow_llm_provider.operators.cascade import (
     cascade_source,
     lineage_state,
 )
+from airflow_llm_provider.operators.links import CascadeArtifactsLink
 
 if TYPE_CHECKING:
     from airflow_llm_provider.cascades.spec import Cascade
@@ -109,6 +110,7 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
     template_fields: Sequence[str] = ("inputs", "llm_conn_id", "model")
     template_fields_renderers = {"inputs": "json"}
     ui_color = "#e8f0fe"
+    operator_extra_links = (CascadeArtifactsLink(),)
 
     def __init__(
         self,

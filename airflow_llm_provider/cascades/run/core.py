@@ -98,10 +98,12 @@ class RunnerCore:
         self._snapshots: dict[str, Any] = {}
         self._background: list[asyncio.Task[Any]] = parent._background if parent else []
         # Built-in tools' per-run resources (session database, scratch folder). A child cascade
-        # gets its own session, as in Windlass (it does not see its parent's session tables);
-        # the run tree's sessions are closed together when the top run ends (runner.py).
-        self.session = RunSession(
-            (self.options.session_id if parent is None else None) or uuid.uuid4().hex,
+        # gets its own session, as in Windlass (it does not see its parent's session tables), under
+        # the same id (its artifacts are the task's); the run tree's sessions are closed together
+        # when the top run ends (runner.py).
+        session_id: str = parent.session.session_id if parent else self.options.session_id or uuid.uuid4().hex
+        self.session: RunSession = RunSession(
+            session_id,
             (self.options.tool_services or ToolServices()).scratch_root,
         )
         self._sessions: list[RunSession] = parent._sessions if parent else []
