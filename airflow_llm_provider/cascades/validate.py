@@ -83,14 +83,6 @@ def semantic_issues(cascade: Cascade, limits: Limits | None = None) -> list[Issu
         issues.extend(_template(spec.instructions, ("validators", name, "instructions"), known))
     issues.extend(_semantic_selection(cascade))
     issues.extend(_soundings_limits(cascade, limits or configured_limits()))
-    if cascade.soundings is not None and cascade.soundings.reforge is not None:
-        issues.append(
-            (
-                ("soundings", "reforge"),
-                "`reforge` of cascade-level soundings is not supported by airflow-llm-provider yet "
-                "(phase-level `reforge` is)",
-            )
-        )
     return issues
 
 

@@ -272,6 +272,52 @@ def test_cascade_soundings_run_the_whole_cascade_and_keep_the_judged_winner(llm_
     assert [t.phase for t in result.trace] == ["draft", "polish"]
 
 
+def test_cascade_reforge_hones_the_winning_run_with_whole_refined_runs(llm_server):
+    """Windlass's cascade-level reforge: each step runs the whole cascade factor_per_step times
+    with ``input._refinement_context`` (goal, current best, honing prompt, a strategy with
+    mutate); the override judge picks each round's best, which becomes the result."""
+
+    def respond(request):
+        system = request.text_of("system")
+        if system.startswith("Pick the best plan"):
+            return text("1")
+        if system.startswith("Judge refinements"):
+            return text("2")  # the second refinement of each round
+        return text(f"plan {len(llm_server.requests)}")
+
+    llm_server.responder = respond
+    spec = cascade(
+        description="Plan the launch",
+        soundings={
+            "factor": 2,
+            "evaluator_instructions": "Pick the best plan.",
+            "reforge": {
+                "steps": 2,
+                "factor_per_step": 2,
+                "honing_prompt": "Make it shorter.",
+                "mutate": True,
+                "evaluator_override": "Judge refinements.",
+            },
+        },
+        phases=[{"name": "plan", "instructions": "Plan. {{ input._refinement_context | default('') }}"}],
+    )
+    result = run_cascade(spec, {}, options(llm_server))
+
+    assert result.status == "success", result.error
+    plans = [r for r in llm_server.requests if r.text_of("system").startswith("Plan.")]
+    assert len(plans) == 2 + 2 * 2  # the soundings, then two rounds of two refined runs
+    refined = [p.text_of("system") for p in plans[2:]]
+    assert all(
+        "Original cascade goal: Plan the launch" in text_ and "Make it shorter." in text_ for text_ in refined
+    )
+    assert all("Variation strategy:" in text_ for text_ in refined)
+    judges = [r for r in llm_server.requests if r.text_of("system").startswith("Judge refinements")]
+    assert len(judges) == 2
+    # Round 2 refines round 1's winner (its second run), and the result is round 2's second run.
+    assert judges[0].text_of("user").split("## Run 2\n")[1].split("\n")[0] in refined[2]
+    assert result.final == judges[1].text_of("user").split("## Run 2\n")[1].split("\n")[0]
+
+
 def test_cascade_soundings_aggregate_and_leave_failed_runs_out(llm_server):
     def respond(request):
         system = request.text_of("system")

@@ -376,17 +376,6 @@ def test_refused_feature_names():
     assert refused_feature(issue("phases[0].handoffs[0]", "unknown phase 'x'")) is None
 
 
-def test_reforge_of_cascade_level_soundings_is_refused_by_name_before_a_run():
-    body = {
-        "soundings": {"factor": 2, "reforge": {"honing_prompt": "better"}},
-        "phases": [{"name": "a", "instructions": "hi"}],
-    }
-    with pytest.raises(
-        CascadeValidationError, match=r"soundings\.reforge: `reforge` of cascade-level soundings"
-    ):
-        load(body)
-
-
 def test_windlass_and_our_sql_data_arguments_both_validate(tmp_path):
     windlass = write(
         tmp_path,

@@ -7,8 +7,9 @@ they are joined), the first successful run giving the outputs and state.
 
 As in Windlass, the runs share the parent's usage and budget; a run that fails is left out of the
 judging (Windlass shows it to the judge as an error text); the judge is the cascade's default model
-unless ``evaluator_model`` names one. Phase-level soundings settings that Windlass ignores at this
-level (mutations, models, validator...) are ignored here too, and said so.
+unless ``evaluator_model`` names one. ``reforge`` then hones the winning run with rounds of whole
+refined runs (:meth:`CascadeSoundingsMixin._reforge_runs`). Phase-level soundings settings that
+Windlass ignores at this level (mutations, models, validator...) are ignored here too, and said so.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.limits import LimitExceeded, clip
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _describe, _to_text
+from airflow_llm_provider.cascades.run.mutations import APPROACH_TEMPLATES
 from airflow_llm_provider.cascades.run.results import PhaseFailed
 
 JUDGE_INSTRUCTIONS = (
@@ -77,9 +79,6 @@ class CascadeSoundingsMixin(RunnerBase):
     async def _run_cascade_soundings(self, inputs: Mapping[str, Any], factor: int) -> Any:
         soundings = self.cascade.soundings
         assert soundings is not None
-        first = self.cascade.phases[0].name
-        if soundings.reforge is not None:
-            raise PhaseFailed(first, "`reforge` of cascade-level soundings is not supported yet")
         ignored = sorted(set(IGNORED_HERE) & soundings.model_fields_set)
         if ignored:
             self._emit(f"cascade soundings: {', '.join(ignored)} apply to phase soundings only; ignored")
@@ -97,7 +96,24 @@ class CascadeSoundingsMixin(RunnerBase):
                     self._emit(f"cascade sounding {index + 1}/{factor}: failed: {err}")
                     return child, None, err
 
-        tasks = [asyncio.ensure_future(one(index)) for index in range(factor)]
+        good = await self._whole_runs(factor, one)
+        if soundings.mode == "aggregate":
+            self._adopt(good[0][1])
+            return await self._aggregate_runs([final for _, _, final in good])
+        winner = 0 if len(good) == 1 else await self._judge_runs([final for _, _, final in good])
+        index, child, final = good[winner]
+        self._emit(f"cascade {self.cascade.cascade_id}: sounding {index + 1} of {factor} won")
+        if soundings.reforge is not None:
+            child, final = await self._reforge_runs(inputs, child, final)
+        self._adopt(child)
+        self._state["cascade_sounding_winner"] = index
+        return final
+
+    async def _whole_runs(
+        self, count: int, one: Callable[[int], Awaitable[tuple[Any, Any, PhaseFailed | None]]]
+    ) -> list[tuple[int, Any, Any]]:
+        """``count`` whole runs at once: ``(index, runner, final)`` of those that succeeded."""
+        tasks = [asyncio.ensure_future(one(index)) for index in range(count)]
         try:
             runs = await asyncio.gather(*tasks)
         except BaseException:  # a budget stop (or cancellation) ends every run
@@ -108,16 +124,62 @@ class CascadeSoundingsMixin(RunnerBase):
         if not good:
             failure = runs[0][2]
             assert failure is not None
-            raise PhaseFailed(failure.phase, f"all {factor} cascade soundings failed; the first: {failure}")
-        if soundings.mode == "aggregate":
-            self._adopt(good[0][1])
-            return await self._aggregate_runs([final for _, _, final in good])
-        winner = 0 if len(good) == 1 else await self._judge_runs([final for _, _, final in good])
-        index, child, final = good[winner]
-        self._emit(f"cascade {self.cascade.cascade_id}: sounding {index + 1} of {factor} won")
-        self._adopt(child)
-        self._state["cascade_sounding_winner"] = index
-        return final
+            raise PhaseFailed(failure.phase, f"all {count} cascade runs failed; the first: {failure}")
+        return good
+
+    async def _reforge_runs(self, inputs: Mapping[str, Any], best: Any, final: Any) -> tuple[Any, Any]:
+        """Windlass's cascade-level reforge: each of ``steps`` rounds runs the whole cascade
+        ``factor_per_step`` times with the input ``_refinement_context`` (the cascade's goal, the
+        current best output, the ``honing_prompt`` and, with ``mutate``, a strategy), and the
+        evaluator (``evaluator_override``, else the soundings' instructions) picks the round's best,
+        which becomes the current best. ``threshold`` passing on a round's best stops early."""
+        soundings = self.cascade.soundings
+        assert soundings is not None and soundings.reforge is not None
+        reforge = soundings.reforge
+        first = self.cascade.phases[0].name
+        most = self.options.limits.max_soundings
+        if reforge.factor_per_step > most:
+            why = LimitExceeded(
+                "max_soundings", most, f"reforge.factor_per_step is {reforge.factor_per_step}"
+            )
+            raise PhaseFailed(first, str(why))
+        goal = self.cascade.description or self.cascade.cascade_id
+        gate = asyncio.Semaphore(soundings.max_parallel)
+        for step in range(1, reforge.steps + 1):
+            context = (
+                f"Original cascade goal: {goal}\nCurrent best output: {self._run_text(final)}\n"
+                f"Refinement directive: {reforge.honing_prompt}\n"
+            )
+            if reforge.mutate:
+                context += (
+                    f"\n\nVariation strategy: {APPROACH_TEMPLATES[(step - 1) % len(APPROACH_TEMPLATES)]}"
+                )
+            refined = {**inputs, "_refinement_context": context}
+            self._emit(f"cascade reforge step {step}/{reforge.steps}: {reforge.factor_per_step} refinements")
+
+            async def one(
+                index: int, refined: Mapping[str, Any] = refined, step: int = step
+            ) -> tuple[Any, Any, PhaseFailed | None]:
+                async with gate:
+                    child = self._sounding_runner(index, reforge.factor_per_step)
+                    try:
+                        return child, await child.execute(refined), None
+                    except PhaseFailed as err:
+                        self._emit(f"cascade reforge step {step}, refinement {index + 1}: failed: {err}")
+                        return child, None, err
+
+            good = await self._whole_runs(reforge.factor_per_step, one)
+            finals = [candidate for _, _, candidate in good]
+            choice = 0 if len(good) == 1 else await self._judge_runs(finals, reforge.evaluator_override)
+            _, best, final = good[choice]
+            self._emit(f"cascade reforge step {step}: refinement {good[choice][0] + 1} is the new best")
+            if reforge.threshold is not None:
+                valid, reason = await self._validate(reforge.threshold.validator, final)
+                if valid:
+                    self._emit(f"cascade reforge: threshold passed after step {step}; stopping")
+                    break
+                self._emit(f"cascade reforge: threshold not yet passed: {reason}")
+        return best, final
 
     def _sounding_runner(self, index: int, factor: int) -> Any:
         """A runner for one whole run: own state, shared usage/budget/models, same depth."""
@@ -144,14 +206,15 @@ class CascadeSoundingsMixin(RunnerBase):
         self._lineage.extend(child._lineage)
         self._conversations.update(child._conversations)
 
-    async def _judge_runs(self, finals: list[Any]) -> int:
-        """The evaluator's choice (0-based); an answer without a valid number picks the first."""
+    async def _judge_runs(self, finals: list[Any], override: str | None = None) -> int:
+        """The evaluator's choice (0-based); an answer without a valid number picks the first.
+        ``override``: the reforge rounds' own judge instructions."""
         soundings = self.cascade.soundings
         assert soundings is not None
         name = soundings.evaluator_model or self.options.model or self.cascade.defaults.model
         instructions = JUDGE_INSTRUCTIONS
-        if soundings.evaluator_instructions:
-            instructions = self.render(soundings.evaluator_instructions)
+        if override or soundings.evaluator_instructions:
+            instructions = self.render(override or soundings.evaluator_instructions or "")
         listing = "\n\n".join(f"## Run {n}\n{self._run_text(final)}" for n, final in enumerate(finals, 1))
         prompt = (
             f"{listing}\n\nAnswer with the number (1-{len(finals)}) of the best run, then one sentence why."
