@@ -96,15 +96,21 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
 
 SESSION_TABLE_TOOLS = frozenset({"sql_data", "python_data", "js_data", "clojure_data", "bash_data"})
 """Built-ins that read earlier phases' session tables (``_<phase>``, tools/session_db.py)."""
+WHOLE_DATA_TOOLS = frozenset({"python_data", "js_data", "clojure_data", "bash_data", "windlass_data"})
+"""Built-ins handed every earlier output (``data.<phase>``, the default ``input_table``): a
+phase calling one waits for all the phases before it, as Windlass runs them in order."""
 _WORD = re.compile(r"\w+")
 
 
 def session_table_reads(phase: Phase, earlier: Sequence[Phase]) -> set[str]:
-    """Earlier phases whose session tables a phase reads: ``_<phase>``, ``_<phase>_<key>`` or a
-    ``for_each_row.result_table``, named in a data tool phase's inputs or as a ``for_each_row``
-    table; an LLM phase offered a data tool may query any earlier one."""
+    """Earlier phases whose data a phase reads: session tables (``_<phase>``, ``_<phase>_<key>``
+    or a ``for_each_row.result_table``) named in a ``sql_data`` phase's inputs or as a
+    ``for_each_row`` table; every earlier phase for the tools handed all earlier outputs
+    (:data:`WHOLE_DATA_TOOLS`) and for an LLM phase offered a data tool."""
     if phase.for_each_row is not None:
         words = {phase.for_each_row.table}
+    elif phase.tool in WHOLE_DATA_TOOLS:
+        return {other.name for other in earlier}
     elif phase.tool is None:
         offered = SESSION_TABLE_TOOLS & set(phase.tackle or ())
         return {other.name for other in earlier} if offered else set()
