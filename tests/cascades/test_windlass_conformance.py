@@ -17,8 +17,11 @@ from airflow_llm_provider.cascades.report import MigrationReport, file_report
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("WINDLASS_CORPUS", REPO.parent / "shared" / "conformance" / "windlass"))
-ACCEPTED_FLOOR = 82
-"""Files of the corpus that validate (warnings allowed), as last recorded."""
+ACCEPTED_FLOOR = 126
+"""Files of the corpus that validate (warnings allowed), as last recorded (123), plus the files
+refused only because a runtime a built-in tool needs is missing on the recording machine
+(3 ``clojure_data`` files: no Babashka there). Machine-dependent refusals count as accepted here
+(see :func:`_refused_only_by_this_machine`), so the floor means the same on every machine."""
 BROKEN = "tackle/web_navigator.json"
 """The one corpus file Windlass itself cannot load (``max_turns`` is a string there)."""
 
@@ -41,10 +44,23 @@ def report() -> MigrationReport:
     return MigrationReport(reports)
 
 
+def _refused_only_by_this_machine(file_report_) -> bool:
+    """Refused only for built-in tools that cannot run here (a missing runtime or sandbox)."""
+    from airflow_llm_provider.cascades.tools.builtin import unavailable_reason
+
+    features = file_report_.features
+    return (
+        file_report_.status == "refused"
+        and bool(features)
+        and all(f.startswith("tool ") and unavailable_reason(f[len("tool ") :]) for f in features)
+    )
+
+
 def test_the_accepted_share_never_drops(report):
     counts = report.counts()
     accepted = counts["ok"] + counts["warning"]
-    assert accepted >= ACCEPTED_FLOOR, report.to_text()
+    here_only = sum(1 for file_report_ in report.files if _refused_only_by_this_machine(file_report_))
+    assert accepted + here_only >= ACCEPTED_FLOOR, report.to_text()
 
 
 def test_the_broken_file_is_still_rejected_for_its_real_fault(report):
