@@ -48,10 +48,9 @@ LLM_ONLY = (
 )
 TOOL_ONLY = ("inputs", "routing", "retry")
 """(``timeout`` applies to both kinds: the tool call's, or the whole LLM phase's wall clock.)"""
-IMPLEMENTED_POLYGLOT: frozenset[str] = frozenset({"python", "bash", "javascript", "tool"})
+IMPLEMENTED_POLYGLOT: frozenset[str] = frozenset({"python", "bash", "javascript", "sql", "tool"})
 """Languages of inline validators the engine runs (the others are refused by name)."""
 _POLYGLOT_WHY = {
-    "sql": " (Windlass runs them against the session tables of its data tools, which are not here)",
     "clojure": " (no Clojure runtime is run by the validator sandbox)",
 }
 _PYTHON_REF = re.compile(r"^python:[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")

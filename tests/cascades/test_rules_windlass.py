@@ -405,11 +405,41 @@ def test_inline_tool_validator_gets_its_rendered_inputs(llm_server):
     assert seen == [("tiny", 10), ("long enough now", 10)]
 
 
-def test_sql_and_clojure_inline_validators_stay_refused_by_name():
-    for language in ("sql", "clojure"):
-        with pytest.raises(CascadeValidationError) as raised:
-            cascade(phases=[{"name": "a", "instructions": "Go.", "rules": {"loop_until": {language: "x"}}}])
-        assert f"inline `{language}` validators are not supported" in str(raised.value)
+def test_clojure_inline_validators_stay_refused_by_name():
+    with pytest.raises(CascadeValidationError) as raised:
+        cascade(phases=[{"name": "a", "instructions": "Go.", "rules": {"loop_until": {"clojure": "x"}}}])
+    assert "inline `clojure` validators are not supported" in str(raised.value)
+
+
+SQL_42 = (
+    "SELECT content LIKE '%42%' AS valid, 'no 42 in ' || content AS reason FROM _validation "
+    "UNION ALL SELECT false, 'never' WHERE false"
+)
+
+
+def test_inline_sql_validator_judges_over_the_session_database(llm_server):
+    """``{sql: ...}``: the first row's valid/reason; ``_validation`` holds what is judged and the
+    earlier phases' session tables are there to join."""
+    llm_server.script(text("41"), text("42"))
+    spec = cascade(
+        phases=[
+            {"name": "limits", "tool": "sql_data", "inputs": {"query": "SELECT 42 AS answer"}},
+            {
+                "name": "a",
+                "instructions": "Answer.",
+                "handoffs": ["done"],
+                "rules": {
+                    "loop_until": {"sql": SQL_42 + " UNION ALL SELECT false, 'x' FROM _limits WHERE false"},
+                    "max_attempts": 2,
+                },
+            },
+            {"name": "done", "tool": "set_state", "inputs": {"key": "k", "value": "v"}},
+        ]
+    )
+    result = run(spec, llm_server)
+    assert result.status == "success", result.error
+    assert result.outputs["a"] == "42"
+    assert "no 42 in 41" in llm_server.requests[1].text_of("user")
 
 
 # -- output_extraction and validated_output ---------------------------------------------------------

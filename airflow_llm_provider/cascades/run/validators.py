@@ -10,6 +10,7 @@ tool. A name that resolves nowhere is an error, never a pass.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -133,6 +134,8 @@ class ValidatorsMixin(RunnerBase):
             )
             return await call_tool(self.tools.resolve(validator.tool), inputs)
         language = validator.language
+        if language == "sql":
+            return await self._sql_validator(validator, text)
         try:
             ran = await run_validator_code(language, getattr(validator, language), text, self._input)
         except SandboxError as err:
@@ -153,6 +156,30 @@ class ValidatorsMixin(RunnerBase):
         if result is None:
             return {"valid": False, "reason": f"{validator.label} did not set `result`"}
         return result
+
+    async def _sql_validator(self, validator: PolyglotValidator, text: str) -> dict[str, Any]:
+        """``{sql: ...}``: the query runs on the run's session database (``tools/session_db.py``:
+        earlier phases' ``_<phase>`` tables), which also holds a one-row table ``_validation(content,
+        original_input)`` with what is judged; the first row's ``valid`` and ``reason`` columns are
+        the verdict (Windlass's documented protocol), no row or no ``valid`` column rejects."""
+        from airflow_llm_provider.cascades.tools import session_db
+
+        context = self._tool_context("validator", deterministic=True)
+        judged = [{"content": text, "original_input": json.dumps(self._input, default=str)}]
+
+        def run() -> tuple[list[str], list[Any]]:
+            session_db.ensure_output_tables(context)
+            session_db.create_table(context, "_validation", judged)
+            return session_db.query(context, validator.sql or "", 1)
+
+        try:
+            columns, rows = await asyncio.to_thread(run)
+        except Exception as err:  # a broken query rejects, as a crashing validator does
+            return {"valid": False, "reason": f"{validator.label} failed: {err}"}
+        if not rows or "valid" not in columns:
+            return {"valid": False, "reason": f"{validator.label} returned no row with a `valid` column"}
+        row = dict(zip(columns, rows[0], strict=True))
+        return {"valid": bool(row["valid"]), "reason": str(row.get("reason") or "no reason given")}
 
 
 def _failure(returncode: int, stderr: str) -> str:
