@@ -76,18 +76,15 @@ def test_a_row_says_refused_exactly_when_validation_refuses(model_name):
             assert status.startswith("ignored"), (model_name, key, status)
 
 
-TOOLS_DOC = Path(__file__).resolve().parents[1] / "docs" / "cascade-tools.md"
-
-
-def test_cascade_tools_doc_lists_every_windlass_tool_with_its_true_status():
-    """docs/cascade-tools.md has a row for each of Windlass's built-in tools, and a row says
+def test_cascades_doc_lists_every_windlass_tool_with_its_true_status():
+    """docs/cascades.md has a row for each of Windlass's built-in tools, and a row says
     "supported" exactly when the engine has the tool (refused or dropped otherwise)."""
     from airflow_llm_provider.cascades.references import WINDLASS_BUILTIN_TOOLS
     from airflow_llm_provider.cascades.refused import REFUSED_TOOLS, UNREGISTERED_TOOLS
     from airflow_llm_provider.cascades.tools.builtin import builtin_names
 
     rows = {}
-    for line in TOOLS_DOC.read_text().splitlines():
+    for line in DOC.read_text().splitlines():
         if line.startswith("| `"):
             names, status = line.split(" | ")[0], line.split(" | ")[1]
             for name in names.strip("| ").split(", "):

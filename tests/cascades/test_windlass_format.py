@@ -106,18 +106,17 @@ def test_unknown_tools_are_refused_before_anything_runs_and_windlass_builtins_sa
     path = write(
         tmp_path,
         "tools.yaml",
-        "cascade_id: t\nphases:\n  - name: a\n    instructions: go\n    tackle: [create_plotly, my_tol]\n"
+        "cascade_id: t\nphases:\n  - name: a\n    instructions: go\n    tackle: [rabbitize_start, my_tol]\n"
         "  - name: b\n    tool: sql_data\n    inputs: {conn_id: x, sql: select 1}\n",
     )
-    issues = issues_of(path, tools=["sql_data", "my_tool"])
+    issues = issues_of(path, tools=["my_tool"])
     assert issues == [
-        (
-            5,
-            "phases[0].tackle[0]",
-            "Windlass built-in tool 'create_plotly' is not available in airflow-llm-provider yet",
-        ),
+        (5, "phases[0].tackle[0]", issues[0][2]),
         (5, "phases[0].tackle[1]", issues[1][2]),
     ]
+    assert issues[0][2].startswith(
+        "Windlass built-in tool 'rabbitize_start' cannot run on Airflow: it drives"
+    )
     assert "unknown tool 'my_tol' (did you mean 'my_tool'?)" in issues[1][2]
 
 
@@ -337,7 +336,7 @@ def test_the_report_tells_ok_warning_refused_and_invalid_apart(tmp_path):
     files = {
         "ok.yaml": "cascade_id: ok\nphases:\n  - {name: a, instructions: hi}\n",
         "warn.yaml": "cascade_id: w\ntags: [x]\nphases:\n  - {name: a, instructions: hi}\n",
-        "refused.yaml": "cascade_id: r\nphases:\n  - {name: a, instructions: hi, tackle: [create_plotly]}\n",
+        "refused.yaml": "cascade_id: r\nphases:\n  - {name: a, instructions: hi, tackle: [ask_human]}\n",
         "invalid.yaml": "cascade_id: i\nphases:\n  - {name: a, instructions: hi, handoffs: [nowhere]}\n",
     }
     reports = []
@@ -347,7 +346,7 @@ def test_the_report_tells_ok_warning_refused_and_invalid_apart(tmp_path):
         reports.append(file_report(name, result.issues, result.warnings))
     report = MigrationReport(reports)
     assert [r.status for r in report.files] == ["ok", "warning", "refused", "invalid"]
-    assert report.blocking_features() == [("tool create_plotly", 1, 1)]
+    assert report.blocking_features() == [("tool ask_human", 1, 1)]
     assert json.loads(json.dumps(report.to_dict()))["summary"] == {
         "files": 4,
         "ok": 1,
