@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import threading
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_llm_provider.cascades.errors import FieldPath
+from airflow_llm_provider.cascades.folder_index import FolderIndex
 from airflow_llm_provider.cascades.refused import REFUSED_TOOLS, UNREGISTERED_TOOLS
 from airflow_llm_provider.cascades.spec import MANIFEST, Cascade, Phase, PolyglotValidator
 from airflow_llm_provider.cascades.tools import PYTHON_PREFIX, ToolNotFound, ToolRegistry
@@ -45,8 +45,6 @@ TOOL_FOLDERS = ("tackle", "cascades")
 ROUTE_TO = "route_to"
 """Offered by the engine on phases with handoffs (run/tackle.py)."""
 _SUFFIXES = (".yaml", ".yml", ".json")
-_MAX_INDEXED_FILES = 2000
-"""A tool folder larger than this is a mistake (e.g. a data folder); we stop indexing there."""
 
 WINDLASS_BUILTIN_TOOLS = frozenset(
     {
@@ -142,47 +140,6 @@ def tool_path_of_folder(base_dir: Path | None, extra: Sequence[str | Path] = ())
     return list(dict.fromkeys(folder.resolve() for folder in folders if folder.is_dir()))
 
 
-class _FolderIndex:
-    """Cascade tools per folder, re-read only when a file in it changes (DAG folders are parsed
-    every few seconds)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._folders: dict[Path, tuple[tuple[tuple[str, float, int], ...], dict[str, CascadeTool]]] = {}
-
-    def tools(self, folder: Path) -> dict[str, CascadeTool]:
-        files = _cascade_files(folder)
-        signature = tuple((str(path), stat.st_mtime, stat.st_size) for path, stat in files)
-        with self._lock:
-            cached = self._folders.get(folder)
-            if cached is not None and cached[0] == signature:
-                return cached[1]
-        found: dict[str, CascadeTool] = {}
-        for path, _ in files:
-            tool = _read_tool(path)
-            if tool is not None:
-                found.setdefault(tool.cascade_id, tool)
-        with self._lock:
-            self._folders[folder] = (signature, found)
-        return found
-
-
-def _cascade_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
-    files: list[tuple[Path, os.stat_result]] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-        for name in sorted(names):
-            if name.lower().endswith(_SUFFIXES):
-                path = Path(root) / name
-                try:
-                    files.append((path, path.stat()))
-                except OSError:
-                    continue
-                if len(files) >= _MAX_INDEXED_FILES:
-                    return files
-    return files
-
-
 def _read_tool(path: Path) -> CascadeTool | None:
     """The cascade in ``path`` as a tool, or None when it is not a cascade (any file may sit in
     a tool folder; a broken one is reported when it is used, not here)."""
@@ -204,23 +161,16 @@ def _read_tool(path: Path) -> CascadeTool | None:
     )
 
 
-_INDEX = _FolderIndex()
+_INDEX = FolderIndex(_SUFFIXES, _read_tool, key=lambda tool: tool.cascade_id)
 
 
 def find_cascade_tool(name: str, folders: Sequence[Path]) -> CascadeTool | None:
     """The first cascade with ``cascade_id == name`` on the tool path."""
-    for folder in folders:
-        tool = _INDEX.tools(folder).get(name)
-        if tool is not None:
-            return tool
-    return None
+    return _INDEX.find(name, folders)
 
 
 def cascade_tool_names(folders: Sequence[Path]) -> set[str]:
-    names: set[str] = set()
-    for folder in folders:
-        names.update(_INDEX.tools(folder))
-    return names
+    return _INDEX.names(folders)
 
 
 def reference_issues(

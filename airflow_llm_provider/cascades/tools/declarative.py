@@ -21,12 +21,12 @@ each argument by name; ``env`` is empty: a tool file must not read the worker's 
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from airflow_llm_provider.cascades.folder_index import FolderIndex
 
 SUFFIXES = (".tool.json", ".tool.yaml", ".tool.yml")
 TYPES = ("shell", "python", "composite")
@@ -36,7 +36,6 @@ REFUSED_TYPES = {
     "gradio": "Hugging Face Spaces are called through Windlass's Harbor client, which is not part of "
     "airflow-llm-provider",
 }
-_MAX_FILES = 2000
 
 
 @dataclass(frozen=True)
@@ -90,60 +89,16 @@ def read_tool_file(path: Path) -> DeclaredTool | None:
     )
 
 
-class _Index:
-    """Declared tools per folder, re-read only when a tool file changes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._folders: dict[Path, tuple[tuple[tuple[str, float, int], ...], dict[str, DeclaredTool]]] = {}
-
-    def tools(self, folder: Path) -> dict[str, DeclaredTool]:
-        files = _tool_files(folder)
-        signature = tuple((str(path), stat.st_mtime, stat.st_size) for path, stat in files)
-        with self._lock:
-            cached = self._folders.get(folder)
-            if cached is not None and cached[0] == signature:
-                return cached[1]
-        found: dict[str, DeclaredTool] = {}
-        for path, _ in files:
-            tool = read_tool_file(path)
-            if tool is not None:
-                found.setdefault(tool.tool_id, tool)
-        with self._lock:
-            self._folders[folder] = (signature, found)
-        return found
-
-
-def _tool_files(folder: Path) -> list[tuple[Path, os.stat_result]]:
-    files: list[tuple[Path, os.stat_result]] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-        for name in sorted(names):
-            if name.lower().endswith(SUFFIXES):
-                path = Path(root) / name
-                try:
-                    files.append((path, path.stat()))
-                except OSError:
-                    continue
-                if len(files) >= _MAX_FILES:
-                    return files
-    return files
-
-
-_INDEX = _Index()
+_INDEX = FolderIndex(SUFFIXES, read_tool_file, key=lambda tool: tool.tool_id)
 
 
 def find_declared_tool(name: str, folders: Sequence[Path]) -> DeclaredTool | None:
     """The first tool file with ``tool_id == name`` on the tool path."""
-    for folder in folders:
-        tool = _INDEX.tools(folder).get(name)
-        if tool is not None:
-            return tool
-    return None
+    return _INDEX.find(name, folders)
 
 
 def declared_tool_names(folders: Sequence[Path]) -> set[str]:
-    return {name for folder in folders for name in _INDEX.tools(folder)}
+    return _INDEX.names(folders)
 
 
 def declared_tool_function(
