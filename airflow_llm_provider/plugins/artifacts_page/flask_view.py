@@ -3,7 +3,8 @@
 
 The page and the libraries need a logged-in UI session (else the login page); the API takes that
 session or the REST API's ``[api] auth_backends`` and answers 401/403 as JSON (the cost page's
-rules). Imported only when the webserver collects ``appbuilder_views`` (llm_plugin.py).
+rules, in ``plugins/_flask_support.py``). Imported only when the webserver collects
+``appbuilder_views`` (llm_plugin.py).
 """
 
 from __future__ import annotations
@@ -12,68 +13,47 @@ from typing import Any
 
 from airflow.www.auth import has_access_view
 from flask import Response, jsonify, request
-from flask_appbuilder import BaseView, expose
+from flask_appbuilder import expose
 
-from airflow_llm_provider.plugins.artifacts_page import URL_PREFIX
-from airflow_llm_provider.plugins.artifacts_page.data import (
-    BadRequest,
-    artifact_payload,
-    library,
-    list_payload,
-    open_store,
-)
-from airflow_llm_provider.plugins.artifacts_page.page import (
-    API_HEADERS,
-    LIBRARY_HEADERS,
-    page_headers,
-    page_html,
-)
-from airflow_llm_provider.plugins.cost_page.flask_view import _api_refusal
+from airflow_llm_provider.plugins._flask_support import PageView, api_access
+from airflow_llm_provider.plugins.artifacts_page import URL_PREFIX, data
+from airflow_llm_provider.plugins.artifacts_page.page import API_HEADERS, LIBRARY_HEADERS, PAGE
 
 
-def _json(data: Any, status: int = 200) -> Any:
-    response = jsonify(data)
+def _json(payload: Any, status: int = 200) -> Any:
+    response = jsonify(payload)
     response.status_code = status
     response.headers.update(API_HEADERS)
     return response
 
 
-class CascadeArtifactsView(BaseView):
+class CascadeArtifactsView(PageView):
     route_base = URL_PREFIX
-    default_view = "index"
-
-    @expose("/")
-    @has_access_view()
-    def index(self) -> Any:
-        return Response(page_html(), mimetype="text/html", headers=page_headers())
+    page = PAGE
 
     @expose("/api/artifacts")
+    @api_access
     def artifacts(self) -> Any:
-        refusal = _api_refusal()
-        if refusal is not None:
-            return refusal
         try:
-            return _json(list_payload(open_store(), request.args))
-        except BadRequest as err:
+            return _json(data.list_payload(data.open_store(), request.args))
+        except data.BadRequest as err:
             return _json({"detail": str(err)}, 400)
 
     @expose("/api/artifacts/<string:artifact_id>")
+    @api_access
     def artifact(self, artifact_id: str) -> Any:
-        refusal = _api_refusal()
-        if refusal is not None:
-            return refusal
         try:
-            data = artifact_payload(open_store(), artifact_id)
-        except BadRequest as err:
+            payload = data.artifact_payload(data.open_store(), artifact_id)
+        except data.BadRequest as err:
             return _json({"detail": str(err)}, 400)
-        if data is None:
+        if payload is None:
             return _json({"detail": "artifact not found"}, 404)
-        return _json(data)
+        return _json(payload)
 
     @expose("/static/<string:name>")
     @has_access_view()
     def chart_library(self, name: str) -> Any:
-        script = library(name)
+        script = data.library(name)
         if script is None:
             return _json({"detail": f"{name} is not available here"}, 404)
         return Response(script, mimetype="text/javascript", headers=LIBRARY_HEADERS)

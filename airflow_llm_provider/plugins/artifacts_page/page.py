@@ -1,4 +1,5 @@
-"""The page itself: one HTML document with its CSS and script inlined, the same on both lines.
+"""The page itself: one HTML document with its CSS and script inlined, the same on both lines
+(built by ``plugins/_page_support.py`` from ``static/``).
 
 It loads nothing from elsewhere (no CDN): the chart libraries come from this server
 (``static/plotly.min.js``, ``static/vega-bundle.js``), relative to the page's own URL, so it works
@@ -7,8 +8,9 @@ under any ``[api] base_url`` / reverse-proxy prefix.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
+
+from airflow_llm_provider.plugins._page_support import StaticPage
 
 STATIC = Path(__file__).with_name("static")
 
@@ -30,19 +32,8 @@ API_HEADERS = {
 }
 LIBRARY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=86400"}
 
-
-@cache
-def page_html() -> str:
-    html = (STATIC / "page.html").read_text(encoding="utf-8")
-    css = (STATIC / "page.css").read_text(encoding="utf-8")
-    js = (STATIC / "page.js").read_text(encoding="utf-8")
-    return html.replace("/*__CSS__*/", css).replace("/*__JS__*/", js)
-
-
-def page_headers() -> dict[str, str]:
-    return {
-        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "same-origin",
-        "Cache-Control": "no-store",
-    }
+# Referrer-Policy same-origin (also a <meta> in static/head.html): the page's URL, with its
+# filters, is never sent to another origin.
+PAGE = StaticPage(STATIC, CONTENT_SECURITY_POLICY, referrer_policy="same-origin")
+page_html = PAGE.html
+page_headers = PAGE.headers

@@ -3,7 +3,8 @@
 Airflow mounts plugin apps with ``app.mount()``; the core API's authentication dependency does
 not reach them, so this app authenticates every request itself with Airflow's own ``get_user``
 dependency (the UI's ``_token`` cookie, or ``Authorization: Bearer <JWT>`` from ``/auth/token``),
-and asks the auth manager which DAGs the user may read before summing their costs.
+and asks the auth manager which DAGs the user may read before summing their costs. The app, the
+page route and the login redirect come from ``plugins/_fastapi_support.py``.
 
 Imported only when the api-server collects ``fastapi_apps`` (see ``llm_plugin.py``).
 """
@@ -11,15 +12,15 @@ Imported only when the api-server collects ``fastapi_apps`` (see ``llm_plugin.py
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 from airflow.api_fastapi.app import get_auth_manager
-from airflow.api_fastapi.core_api.security import get_user
-from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
 
+from airflow_llm_provider.plugins._fastapi_support import UserDep, create_page_app
 from airflow_llm_provider.plugins.cost_page import URL_PREFIX
-from airflow_llm_provider.plugins.cost_page.page import page_headers, page_html
+from airflow_llm_provider.plugins.cost_page.page import PAGE
 from airflow_llm_provider.plugins.cost_page.summary import (
     DagNotPermitted,
     InvalidFilter,
@@ -41,30 +42,18 @@ def _summary_for(user: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    app = create_page_app(
         title="LLM costs",
         description="Costs of the LLM calls of every cascade, from the airflow-llm-provider cost ledger.",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        page=PAGE,
+        # Everything but the API is the page: an anonymous visitor is sent to log in first.
+        is_page_path=lambda path: not path.endswith("/api/summary"),
+        # Looked up when called, so it is always this module's get_auth_manager.
+        auth_manager=lambda: get_auth_manager(),
     )
 
-    @app.exception_handler(HTTPException)
-    async def login_first(request: Request, exc: HTTPException) -> Any:
-        # An anonymous visitor of the page is sent to log in first, as the UI does; the API
-        # answers 401/403 as JSON like Airflow's own API.
-        page_request = not request.url.path.rstrip("/").endswith("/api/summary")
-        if page_request and exc.status_code in (status.HTTP_401_UNAUTHORIZED, status.HTTP_403_FORBIDDEN):
-            login = get_auth_manager().get_url_login(next_url=str(request.url))
-            return RedirectResponse(login, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page(user: Annotated[Any, Depends(get_user)]) -> Any:
-        return HTMLResponse(page_html(), headers=page_headers())
-
     @app.get("/api/summary")
-    async def summary(request: Request, user: Annotated[Any, Depends(get_user)]) -> Any:
+    async def summary(request: Request, user: UserDep) -> Any:
         try:
             # The ledger is a blocking database client: keep it off the event loop.
             data = await asyncio.to_thread(_summary_for, user, dict(request.query_params))

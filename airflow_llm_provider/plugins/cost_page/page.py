@@ -1,4 +1,5 @@
-"""The page itself: one self-contained HTML document (CSS and JS inlined), the same on both lines.
+"""The page itself: one self-contained HTML document (CSS and JS inlined), the same on both lines
+(built by ``plugins/_page_support.py`` from ``static/``).
 
 It loads nothing from elsewhere (no CDN: Airflow often runs without internet access) and finds
 its API relative to its own URL, so it works under any ``[api] base_url`` / reverse-proxy prefix.
@@ -6,8 +7,9 @@ its API relative to its own URL, so it works under any ``[api] base_url`` / reve
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
+
+from airflow_llm_provider.plugins._page_support import StaticPage
 
 STATIC = Path(__file__).with_name("static")
 
@@ -17,18 +19,6 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; img-src 'self' data:; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
 )
 
-
-@cache
-def page_html() -> str:
-    html = (STATIC / "page.html").read_text(encoding="utf-8")
-    css = (STATIC / "page.css").read_text(encoding="utf-8")
-    js = (STATIC / "page.js").read_text(encoding="utf-8")
-    return html.replace("/*__CSS__*/", css).replace("/*__JS__*/", js)
-
-
-def page_headers() -> dict[str, str]:
-    return {
-        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "no-store",
-    }
+PAGE = StaticPage(STATIC, CONTENT_SECURITY_POLICY)
+page_html = PAGE.html
+page_headers = PAGE.headers
