@@ -1,26 +1,25 @@
-"""Run a cascade's inline validator code (``{python: ...}``, ``{bash: ...}``, ``{javascript: ...}``)
-out of process, with limits.
+"""Run code out of process, with limits: :func:`run_sandboxed` runs any program that way, for the
+built-in tools (model-written code: ``run_code``, ``linux_shell``; the author's: ``python_data`` and
+friends) and for a cascade's inline validator code (``{python: ...}``, ``{bash: ...}``,
+``{javascript: ...}``, :func:`run_validator_code`).
 
 A cascade file is data an author hands to the scheduler; its inline code must not read the
 worker's secrets, fill its disk or hang the task. So the code never runs in the worker's process:
 
-- a child process with a minimal environment (``PATH``, ``LANG``, ``HOME``; nothing inherited, so
-  no connection strings or API keys), in a fresh temporary directory that is removed afterwards;
-- Python runs as ``python -I -S`` (isolated: no ``PYTHON*`` variables, no site-packages, no user
-  site), so only the standard library is importable;
+- a child process with an environment built from scratch (``PATH``, ``LANG``, ``HOME``, ``TMPDIR``;
+  nothing inherited, so no connection strings or API keys), in a fresh temporary directory that is
+  removed afterwards;
+- Python validators run as ``python -I -S`` with the base interpreter (isolated: no ``PYTHON*``
+  variables, no site-packages, no user site), so only the standard library is importable;
 - resource limits set in the child before the code runs: CPU seconds, address space (not for
-  ``node``, whose heap is capped with ``--max-old-space-size`` instead), file size, no core files;
+  ``node``, whose heap is capped with ``--max-old-space-size`` instead), file size, process count
+  (also a pids cgroup where this process may create one), no core files;
 - a wall-clock timeout after which the whole process group is killed;
 - the output read back is bounded;
-- when ``bwrap`` (bubblewrap) is on ``PATH`` and works, the child also runs in it: read-only root,
-  no network, private ``/tmp``, its own PID namespace.
-
-Without bubblewrap the code can still read world-readable files and open network connections;
-the limits above are what stands between it and the worker.
-
-:func:`run_sandboxed` runs any program that way for the built-in tools (model-written code:
-``run_code``, ``linux_shell``; the author's: ``python_data`` and friends), with a stricter sandbox
-(see its docstring) and, where this process may create one, a pids cgroup bounding its processes.
+- when bubblewrap works here, the child also runs in it (see :func:`run_sandboxed`: no network,
+  read-only system, private ``/tmp``, secrets hidden, its own PID namespace); inline validators are
+  the author's code (``isolation="best_effort"``), so without bubblewrap they run as a plain limited
+  subprocess, which can still read world-readable files and open network connections.
 
 The validators' protocol: the child reads one JSON object on stdin and the code sets ``result`` (Python,
 JavaScript) or prints it (bash); the verdict comes back as JSON on stdout.
@@ -105,29 +104,21 @@ class SandboxResult:
     timed_out: bool = False
 
 
-# Runs in the child as ``python -I -S -c``: apply the limits, then run the Python code in this
-# process, or replace this process with bash/node (which keep the limits across exec).
-_LAUNCHER = r"""
-import json, os, resource, sys
+# Runs as ``python -I -S -c`` (after :func:`run_sandboxed` has set the limits): the request comes
+# on stdin; the code runs with ``content`` and ``original_input`` in scope and sets ``result``.
+_PYTHON_HARNESS = r"""
+import json, sys
 request = json.loads(sys.stdin.read())
-for name, value in request["limits"].items():
-    # CPU: SIGXCPU at the soft limit, SIGKILL a second later if it is caught.
-    resource.setrlimit(getattr(resource, name), (value, value + 1 if name == "RLIMIT_CPU" else value))
-language = request["language"]
-if language == "python":
-    real_stdout = sys.stdout
-    sys.stdout = sys.stderr
-    namespace = {
-        "__name__": "__validator__",
-        "content": request["content"],
-        "original_input": request["original_input"],
-    }
-    exec(compile(request["code"], "<validator>", "exec"), namespace)
-    sys.stdout = real_stdout
-    json.dump({"result": namespace.get("result")}, real_stdout, default=str)
-else:
-    argv = request["argv"]
-    os.execve(argv[0], argv, request["env"])
+real_stdout = sys.stdout
+sys.stdout = sys.stderr
+namespace = {
+    "__name__": "__validator__",
+    "content": request["content"],
+    "original_input": request["original_input"],
+}
+exec(compile(request["code"], "<validator>", "exec"), namespace)
+sys.stdout = real_stdout
+json.dump({"result": namespace.get("result")}, real_stdout, default=str)
 """
 
 # Runs in node: ``content`` and ``original_input`` are in scope; the code sets ``result``.
@@ -154,39 +145,30 @@ async def run_validator_code(
     timed-out program is a :class:`SandboxResult` (the caller decides what it means)."""
     if language not in LANGUAGES:
         raise SandboxError(f"inline `{language}` code is not supported (supported: {', '.join(LANGUAGES)})")
-    limits = limits or default_limits()
     workdir = Path(tempfile.mkdtemp(prefix="llm-validator-"))
     try:
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir)}
-        rlimits: dict[str, int] = {
-            "RLIMIT_CPU": limits.cpu_seconds,
-            "RLIMIT_FSIZE": limits.file_bytes,
-            "RLIMIT_CORE": 0,
-        }
-        request: dict[str, Any] = {"language": language, "limits": rlimits}
+        request = {"code": code, "content": content, "original_input": original_input}
+        env: dict[str, str] = {}
+        stdin = ""
         if language == "python":
-            rlimits["RLIMIT_AS"] = limits.memory_bytes
-            request |= {"code": code, "content": content, "original_input": original_input}
+            argv = [_interpreter(), "-I", "-S", "-c", _PYTHON_HARNESS]
+            stdin = json.dumps(request, default=str)
         elif language == "bash":
-            rlimits["RLIMIT_AS"] = limits.memory_bytes
-            bash = _runtime("bash")
-            request["argv"] = [bash, "--noprofile", "--norc", "-c", code]
-            request["env"] = env | {"CONTENT": content, "ORIGINAL_INPUT": json.dumps(original_input)}
+            argv = [_runtime("bash"), "--noprofile", "--norc", "-c", code]
+            env = {"CONTENT": content, "ORIGINAL_INPUT": json.dumps(original_input)}
         else:
-            node = _runtime("node")
+            limits = limits or default_limits()
             megabytes = max(32, limits.memory_bytes // (2 * 1024 * 1024))
-            request["argv"] = [node, f"--max-old-space-size={megabytes}", "-e", _NODE_HARNESS]
-            request["env"] = env
-            # node reads its request from a file: the launcher has consumed stdin before exec.
-            (workdir / _NODE_REQUEST).write_text(
-                json.dumps({"code": code, "content": content, "original_input": original_input}, default=str)
-            )
-        return await _run(
-            [_interpreter(), "-I", "-S", "-c", _LAUNCHER],
-            json.dumps(request, default=str),
-            env,
-            workdir,
-            limits,
+            argv = [_runtime("node"), f"--max-old-space-size={megabytes}", "-e", _NODE_HARNESS]
+            (workdir / _NODE_REQUEST).write_text(json.dumps(request, default=str))
+        return await run_sandboxed(
+            argv,
+            workdir=workdir,
+            stdin=stdin,
+            env=env,
+            limits=limits,
+            isolation="best_effort",  # the cascade author's code, as trusted as a DAG file
+            cap_address_space=language != "javascript",  # V8 reserves more than its heap
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -203,40 +185,6 @@ def _runtime(name: str) -> str:
     if found is None:
         raise SandboxError(f"inline validators in this language need `{name}`, which is not on PATH here")
     return found
-
-
-async def _run(
-    argv: list[str], stdin: str, env: dict[str, str], workdir: Path, limits: Limits
-) -> SandboxResult:
-    argv = _bwrap(workdir) + argv
-    # Output goes to files bounded by RLIMIT_FSIZE, so a flood cannot fill the worker's memory.
-    out_path, err_path = workdir / ".stdout", workdir / ".stderr"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.PIPE,
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,  # its own process group: a timeout kills children too
-        )
-        timed_out = False
-        try:
-            await asyncio.wait_for(process.communicate(stdin.encode()), limits.wall_seconds)
-        except TimeoutError:
-            timed_out = True
-        finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-    return SandboxResult(
-        returncode=process.returncode if process.returncode is not None else -1,
-        stdout=_read_bounded(out_path, limits.output_bytes),
-        stderr=_read_bounded(err_path, limits.output_bytes),
-        timed_out=timed_out,
-    )
 
 
 def _read_bounded(path: Path, limit: int) -> str:
@@ -266,41 +214,6 @@ def bubblewrap_available() -> bool:
             except (OSError, subprocess.TimeoutExpired):
                 _BWRAP_WORKS = False
     return _BWRAP_WORKS
-
-
-def _visible_again(prefix: Path) -> list[str]:
-    """Re-expose (read-only) the Python installation if it lives under /tmp, which the sandbox
-    replaces with an empty folder."""
-    resolved = prefix.resolve()
-    if resolved == Path("/tmp") or Path("/tmp") in resolved.parents:
-        return ["--ro-bind", str(resolved), str(resolved)]
-    return []
-
-
-def _bwrap(workdir: Path) -> list[str]:
-    if not bubblewrap_available():
-        return []
-    return [
-        "bwrap",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-        *_visible_again(Path(sys.base_prefix)),
-        "--bind",
-        str(workdir),
-        str(workdir),
-        "--chdir",
-        str(workdir),
-        "--unshare-all",  # no network, own PID/IPC/UTS namespaces
-        "--die-with-parent",
-        "--new-session",
-    ]
 
 
 # --- Sandboxed programs: model-written code (run_code, linux_shell) and the polyglot data tools ---
@@ -359,6 +272,7 @@ async def run_sandboxed(
     limits: Limits | None = None,
     isolation: Isolation = "required",
     merge_stderr: bool = False,
+    cap_address_space: bool = True,
 ) -> SandboxResult:
     """Run ``argv`` in ``workdir`` (created if missing) with ``stdin``, in a sandbox, and return what
     came back. A failing, crashing or timed-out program is a :class:`SandboxResult`.
@@ -376,6 +290,8 @@ async def run_sandboxed(
     with the same environment and limits (it can read what the worker can and reach the network).
 
     ``merge_stderr``: stderr goes into ``stdout`` (interleaved as written) and ``stderr`` is empty.
+    ``cap_address_space=False``: no ``RLIMIT_AS`` (for ``node``, whose V8 reserves far more address
+    space than it uses; cap its heap with ``--max-old-space-size`` instead).
     Raises :class:`SandboxError` when ``argv`` is empty."""
     if not argv:
         raise SandboxError("run_sandboxed needs a program to run (argv is empty)")
@@ -395,10 +311,11 @@ async def run_sandboxed(
     child_env.update(env or {})
     rlimits: dict[str, int] = {
         "RLIMIT_CPU": limits.cpu_seconds,
-        "RLIMIT_AS": limits.memory_bytes,
         "RLIMIT_FSIZE": limits.file_bytes,
         "RLIMIT_CORE": 0,
     }
+    if cap_address_space:
+        rlimits["RLIMIT_AS"] = limits.memory_bytes
     if sandboxed:
         # Counted per user inside the sandbox's own user namespace; outside one it would count
         # every process of the worker's user. Root ignores it: the pids cgroup covers that case.

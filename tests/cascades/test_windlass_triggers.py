@@ -83,14 +83,13 @@ def test_what_needs_the_whole_run_renders_as_one_task(tmp_path):
                 phases[1],
             ]
         },
-        "beyond phase outputs": {
-            "phases": [
-                phases[0],
-                {"name": "b", "instructions": "{{ state.validated_output }} {{ outputs.a }}"},
-            ]
-        },
     }
     for reason, body in cases.items():
         plan = plan_cascade(load_cascade({"cascade_id": "x", **body}))
         assert [t.task_id for t in plan.tasks] == ["cascade"], reason
         assert reason in plan.note
+    # Reading the run's state no longer needs one task: the state travels in XCom.
+    reads_state = [phases[0], {"name": "b", "instructions": "{{ state.validated_output }}"}]
+    plan = plan_cascade(load_cascade({"cascade_id": "x", "phases": reads_state}))
+    assert [t.task_id for t in plan.tasks] == ["a", "b"]
+    assert plan.tasks[1].pulls == {"a": "a"}

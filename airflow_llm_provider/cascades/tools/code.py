@@ -128,6 +128,11 @@ def _text_argument(tool: str, name: str, value: Any) -> str | None:
     return None
 
 
+def _command_seconds(tool: str, command: Any, timeout: Any) -> float | str:
+    """The call's wall-clock seconds, or an error naming the bad argument (``command``, ``timeout``)."""
+    return _text_argument(tool, "command", command) or _timeout(tool, timeout)
+
+
 def _folder(context: ToolContext) -> Path:
     return context.session.folder / CODE_FOLDER
 
@@ -192,10 +197,7 @@ def linux_shell_function(context: ToolContext) -> Any:
         together; "Exit code: N" first when it fails). The sandbox has the usual command-line tools
         and python3 with the worker's packages, but no network; the working directory keeps its
         files between calls of this run. `timeout`: seconds before the command is killed."""
-        problem = _text_argument(LINUX_SHELL, "command", command)
-        if problem:
-            return problem
-        seconds = _timeout(LINUX_SHELL, timeout)
+        seconds = _command_seconds(LINUX_SHELL, command, timeout)
         if isinstance(seconds, str):
             return seconds
         isolation = _isolation(context, LINUX_SHELL)
@@ -242,10 +244,7 @@ def linux_shell_dangerous_function(context: ToolContext) -> Any:
         fails). `timeout`: seconds before the command is killed."""
         if not context.services.allow_unsandboxed_code:
             return f"Error: {_DANGEROUS_REFUSED}"
-        problem = _text_argument(LINUX_SHELL_DANGEROUS, "command", command)
-        if problem:
-            return problem
-        seconds = _timeout(LINUX_SHELL_DANGEROUS, timeout)
+        seconds = _command_seconds(LINUX_SHELL_DANGEROUS, command, timeout)
         if isinstance(seconds, str):
             return seconds
         context.emit(f"WARNING: linux_shell_dangerous is running a command on the worker: {command[:200]}")

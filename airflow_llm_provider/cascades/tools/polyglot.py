@@ -41,7 +41,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -442,17 +442,7 @@ def _js_data(context: ToolContext) -> Callable[..., Any]:
 
 async def run_js_data(context: ToolContext, code: str, timeout: Any = 30) -> dict[str, Any]:
     """``js_data(code, timeout)`` for ``context``."""
-    return await _run_script(
-        context,
-        JS_DATA,
-        code,
-        timeout,
-        "node",
-        "harness.js",
-        JS_HARNESS,
-        lambda node: [node, "--max-old-space-size=1024", "--stack-size=4000", "harness.js"],
-        kebab=False,
-    )
+    return await _run_script(context, _JS_SCRIPT, code, timeout)
 
 
 # --- clojure_data ----------------------------------------------------------------------------
@@ -474,40 +464,47 @@ def _clojure_data(context: ToolContext) -> Callable[..., Any]:
 
 async def run_clojure_data(context: ToolContext, code: str, timeout: Any = 30) -> dict[str, Any]:
     """``clojure_data(code, timeout)`` for ``context``."""
-    return await _run_script(
-        context,
-        CLOJURE_DATA,
-        code,
-        timeout,
-        "bb",
-        "harness.clj",
-        CLOJURE_HARNESS,
-        lambda bb: [bb, "harness.clj"],
-        kebab=True,
-    )
+    return await _run_script(context, _CLOJURE_SCRIPT, code, timeout)
 
 
-async def _run_script(
-    context: ToolContext,
-    tool: str,
-    code: str,
-    timeout: Any,
-    runtime: str,
-    harness_name: str,
-    harness: str,
-    argv: Callable[[str], list[str]],
-    *,
-    kebab: bool,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Script:
+    """How one script tool runs: its runtime on PATH, the harness file it runs, and the argv."""
+
+    tool: str
+    runtime: str
+    harness_name: str
+    harness: str
+    argv: Callable[[str], list[str]]
+    """The command line, given the runtime's path."""
+    kebab: bool
+    """Data keys with ``-`` for ``_`` (Clojure keywords)."""
+
+
+_JS_SCRIPT = _Script(
+    JS_DATA,
+    "node",
+    "harness.js",
+    JS_HARNESS,
+    lambda node: [node, "--max-old-space-size=1024", "--stack-size=4000", "harness.js"],
+    kebab=False,
+)
+_CLOJURE_SCRIPT = _Script(
+    CLOJURE_DATA, "bb", "harness.clj", CLOJURE_HARNESS, lambda bb: [bb, "harness.clj"], kebab=True
+)
+
+
+async def _run_script(context: ToolContext, script: _Script, code: str, timeout: Any) -> dict[str, Any]:
+    tool, kebab = script.tool, script.kebab
     if not isinstance(code, str) or not code.strip():
         return _error(tool, "`code` must be source text that produces the result")
     try:
         seconds = _seconds(tool, timeout, 30.0)
     except ValueError as err:
         return _error(tool, str(err))
-    program = shutil.which(runtime)
+    program = shutil.which(script.runtime)
     if program is None:
-        return _error(tool, _missing(runtime))
+        return _error(tool, _missing(script.runtime))
     mark = f"@@{tool}:{secrets.token_hex(16)}@@"
     workdir = _workdir(context, tool)
     try:
@@ -517,8 +514,10 @@ async def _run_script(
             )
         except ValueError as err:
             return _error(tool, str(err))
-        (workdir / harness_name).write_text(harness)
-        ran = await _run(tool, context, argv(program), workdir=workdir, stdin=stdin, env={}, seconds=seconds)
+        (workdir / script.harness_name).write_text(script.harness)
+        ran = await _run(
+            tool, context, script.argv(program), workdir=workdir, stdin=stdin, env={}, seconds=seconds
+        )
         if isinstance(ran, dict):
             return ran
         answer = _read_child(tool, ran, mark, seconds)
