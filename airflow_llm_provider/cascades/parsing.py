@@ -55,6 +55,36 @@ class Collector:
         self.warnings.append(ValidationIssue(self.file, self.line(path), format_path(path), message))
 
 
+def _flow_nesting_beyond(text: str, most: int) -> int | None:
+    """The line where ``[``/``{`` brackets (JSON, YAML flow style) nest deeper than ``most``, or
+    None. One pass, skipping quoted strings; far above the depth limit, so text in a prompt can
+    never trip it, while a bracket bomb is refused in milliseconds instead of parsed for seconds."""
+    depth = 0
+    line = 1
+    quote = ""
+    escaped = False
+    for char in text:
+        if char == "\n":
+            line += 1
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+            continue
+        if char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > most:
+                return line
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
 class _TooBig(Exception):
     """A bound was crossed while walking the node tree (the issue is already recorded)."""
 
@@ -75,6 +105,14 @@ def parse_document(text: str, suffix: str, collector: Collector, limits: LoadLim
             f"the file is {size:,} bytes, over the limit of {limits.max_cascade_file_bytes:,} "
             "([llm_provider] max_cascade_file_bytes)",
             line=1,
+        )
+        return None
+    deep_line = _flow_nesting_beyond(text, max(256, 4 * limits.max_cascade_depth))
+    if deep_line is not None:  # decided before a parser spends seconds on thousands of levels
+        collector.issue(
+            (),
+            f"nested deeper than {limits.max_cascade_depth} levels ([llm_provider] max_cascade_depth)",
+            line=deep_line,
         )
         return None
     if suffix not in YAML_SUFFIXES:  # .json, or no known extension: strict JSON first
