@@ -97,22 +97,37 @@ def context_sources(cascade: Cascade, phase: Phase) -> list[str]:
 SESSION_TABLE_TOOLS = frozenset({"sql_data", "python_data", "js_data", "clojure_data", "bash_data"})
 """Built-ins that read earlier phases' session tables (``_<phase>``, tools/session_db.py)."""
 WHOLE_DATA_TOOLS = frozenset({"python_data", "js_data", "clojure_data", "bash_data", "windlass_data"})
-"""Built-ins handed every earlier output (``data.<phase>``, the default ``input_table``): a
-phase calling one waits for all the phases before it, as Windlass runs them in order."""
+"""Built-ins handed every earlier output (``data.<phase>``, the default ``input_table``)."""
+RUN_FOLDER_TOOLS = frozenset(
+    {
+        "read_file",
+        "write_file",
+        "append_file",
+        "list_files",
+        "file_info",
+        "run_code",
+        "linux_shell",
+        "linux_shell_dangerous",
+    }
+)
+"""Built-ins whose files persist in the run's folder between calls (files.py, code.py)."""
+ORDERED_TOOLS = WHOLE_DATA_TOOLS | RUN_FOLDER_TOOLS
+"""A phase calling one of these waits for all the phases before it, as Windlass runs them in
+order: what it reads may have been written by any of them."""
 _WORD = re.compile(r"\w+")
 
 
 def session_table_reads(phase: Phase, earlier: Sequence[Phase]) -> set[str]:
     """Earlier phases whose data a phase reads: session tables (``_<phase>``, ``_<phase>_<key>``
     or a ``for_each_row.result_table``) named in a ``sql_data`` phase's inputs or as a
-    ``for_each_row`` table; every earlier phase for the tools handed all earlier outputs
-    (:data:`WHOLE_DATA_TOOLS`) and for an LLM phase offered a data tool."""
+    ``for_each_row`` table; every earlier phase for :data:`ORDERED_TOOLS` and ``shell:`` scripts,
+    and for an LLM phase offered a data, file or code tool."""
     if phase.for_each_row is not None:
         words = {phase.for_each_row.table}
-    elif phase.tool in WHOLE_DATA_TOOLS:
+    elif phase.tool in ORDERED_TOOLS or (phase.tool or "").startswith("shell:"):
         return {other.name for other in earlier}
     elif phase.tool is None:
-        offered = SESSION_TABLE_TOOLS & set(phase.tackle or ())
+        offered = (SESSION_TABLE_TOOLS | ORDERED_TOOLS) & set(phase.tackle or ())
         return {other.name for other in earlier} if offered else set()
     elif phase.tool in SESSION_TABLE_TOOLS:
         words = {m.group(0) for _, text in strings_in(phase.inputs or {}) for m in _WORD.finditer(text)}
