@@ -446,9 +446,19 @@ def test_an_html_artifact_runs_sandboxed_and_cannot_touch_the_page(deployment, b
     assert not find(nodes, "h1", style="display:none")  # its markup never reached the page's DOM
 
     # The frame's script ran (magenta) and none of its attempts on the page worked (no green).
-    pixels = _png_pixels(tmp_path / "hostile.png")
-    assert _count(pixels, MAGENTA) > 50_000, "the artifact's script did not run in its frame"
-    assert _count(pixels, GREEN) == 0, "the artifact's script reached the page"
+    # The screenshot is a second browser run; on a loaded machine it can be taken before the
+    # frame has painted, so it is taken again (at most twice more) until the frame has painted.
+    for attempt in range(3):
+        if attempt:
+            (tmp_path / f"retry-{attempt}").mkdir()
+            chromium(url, tmp_path / f"retry-{attempt}", screenshot="hostile.png")
+        shot = tmp_path / (f"retry-{attempt}" if attempt else "") / "hostile.png"
+        pixels = _png_pixels(shot)
+        assert _count(pixels, GREEN) == 0, "the artifact's script reached the page"
+        if _count(pixels, MAGENTA) > 50_000:
+            break
+    else:
+        pytest.fail("the artifact's script did not run in its frame (3 screenshots)")
 
 
 def test_an_artifact_made_after_start_shows_up(deployment, browser_url, tmp_path):
