@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from airflow_llm_provider import __version__
 
@@ -168,6 +169,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: --input: {err}", file=sys.stderr)
         return 2
+    try:
+        human = _human_channel(args.answers)
+    except (OSError, ValueError) as err:
+        print(f"error: --answers: {err}", file=sys.stderr)
+        return 2
     missing = None if args.allow_missing_inputs else cascade.missing_inputs(inputs)
     if missing:
         print(f"error: {missing}; pass it with --input (or --allow-missing-inputs)", file=sys.stderr)
@@ -198,7 +204,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         options = RunOptions(
             model_factory=hook.model_for,
             tools=airflow_tools(),
-            tool_services=airflow_tool_services(conn_ids=connection_ids(cascade)),
+            tool_services=airflow_tool_services(conn_ids=connection_ids(cascade), human=human),
             base_dir=Path(args.cascade).resolve().parent,
             tool_path=args.tool_path,
             model=args.model,
@@ -210,6 +216,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run_cascade(cascade, inputs, options)
     print(json.dumps(result.to_dict(), indent=2, default=str))
     return 0 if result.status == "success" else 1
+
+
+def _human_channel(answers_file: str | None) -> Any:
+    """Who answers the cascade's questions to a human: the answers file, then the terminal when
+    there is one; with neither, a question fails its phase saying how to answer it."""
+    from pathlib import Path
+
+    from airflow_llm_provider.cascades.human import NobodyToAsk, ScriptedAnswers, TerminalChannel
+    from airflow_llm_provider.cascades.parsing import Collector, parse_document
+
+    terminal = TerminalChannel() if sys.stdin.isatty() else None
+    if answers_file is None:
+        return terminal or NobodyToAsk()
+    path = Path(answers_file)
+    collector = Collector(answers_file)
+    answers = parse_document(path.read_text(), path.suffix or ".yaml", collector)
+    if collector.issues:
+        raise ValueError("; ".join(str(issue) for issue in collector.issues))
+    if not isinstance(answers, dict):
+        raise ValueError(f"{answers_file}: expected a mapping of phase names to answers")
+    return ScriptedAnswers(answers, source=answers_file, fallback=terminal)
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -280,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--conn-id", default=None, help="LLM connection id (default: pydanticai_default)")
     run.add_argument("--model", default=None, help="model for every phase, e.g. openai-chat:gpt-4o-mini")
     run.add_argument("--cache", default=None, help="phase cache: local, dir:PATH, postgresql://..., conn:ID")
+    run.add_argument(
+        "--answers",
+        default=None,
+        metavar="FILE",
+        help="answers to the cascade's questions to a human (YAML/JSON: phase: answer, or a list in order)",
+    )
     run.add_argument(
         "--allow-missing-inputs",
         action="store_true",

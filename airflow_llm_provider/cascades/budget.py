@@ -263,6 +263,8 @@ class CallAccount:
         self._shared = shared
         self._minimum_input_estimate = max(0, minimum_input_estimate)
         self.requests = 0
+        self.replayed = 0
+        """Requests answered from the run's response journal (paid before a resume, not now)."""
         self.input_tokens = 0
         self.output_tokens = 0
         self._held_tokens = 0

@@ -115,9 +115,6 @@ REFUSED_TOOLS: dict[str, str] = {
     **{
         name: f"Windlass built-in tool '{name}' {_HUMAN}"
         for name in (
-            "ask_human",
-            "ask_human_custom",
-            "request_decision",
             "await_signal",
             "fire_signal",
             "list_signals",

@@ -6,18 +6,21 @@ the run, puts each of them through the budget with an output cap sized to what i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
 
 from airflow_llm_provider.cascades.budget import CallAccount
+from airflow_llm_provider.cascades.run.journal import ResponseJournal, request_fingerprint
 from airflow_llm_provider.cascades.usage import Reservation
 
 
-def budgeted_model(model: Any, account: CallAccount) -> Any:
+def budgeted_model(model: Any, account: CallAccount, journal: ResponseJournal | None = None) -> Any:
     """``model`` with each request reserved and capped in ``account`` (settled with the usage the
-    server reported, released when the request fails)."""
-    return _budgeted_model_class()(model, account)
+    server reported, released when the request fails). With a ``journal``, a request it holds a
+    response for is answered from it, free, and every paid response is recorded in it."""
+    return _budgeted_model_class()(model, account, journal)
 
 
 # Keys of pydantic-ai's serialised messages whose values are sent to the model (the rest is
@@ -96,13 +99,22 @@ def _budgeted_model_class() -> type[Any]:
     """``BudgetedModel(model, account)``: ``model`` with each request reserved and capped in
     ``account``. Built on first use: the engine imports pydantic-ai only when it calls a model."""
     from pydantic_ai.models.wrapper import WrapperModel
+    from pydantic_ai.usage import RequestUsage
 
     class BudgetedModel(WrapperModel):
-        def __init__(self, wrapped: Any, account: CallAccount) -> None:
+        def __init__(self, wrapped: Any, account: CallAccount, journal: ResponseJournal | None) -> None:
             super().__init__(wrapped)
             self.account = account
+            self.journal = journal
 
         async def request(self, messages: Any, model_settings: Any, model_request_parameters: Any) -> Any:
+            fingerprint = None
+            if self.journal is not None:
+                fingerprint = request_fingerprint(self.model_name, messages, model_settings)
+                replayed = self.journal.replay(fingerprint)
+                if replayed is not None:  # paid for by the run before the resume
+                    self.account.replayed += 1
+                    return dataclasses.replace(replayed, usage=RequestUsage())
             reservation, settings = await _reserve_request(
                 self.account, messages, model_settings, model_request_parameters
             )
@@ -113,6 +125,8 @@ def _budgeted_model_class() -> type[Any]:
                 raise
             usage = response.usage
             self.account.settle(reservation, usage.input_tokens or 0, usage.output_tokens or 0)
+            if self.journal is not None and fingerprint is not None:
+                self.journal.record(fingerprint, response)
             return response
 
         def request_stream(self, *args: Any, **kwargs: Any) -> Any:

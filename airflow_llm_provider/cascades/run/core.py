@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_llm_provider.cascades.budget import BudgetGuard, CallAccount
 from airflow_llm_provider.cascades.cache import content_hash
+from airflow_llm_provider.cascades.human import QuestionCounter
 from airflow_llm_provider.cascades.limits import Tally
 from airflow_llm_provider.cascades.run.budgeted_model import budgeted_model
 from airflow_llm_provider.cascades.run.results import PhaseFailed, PhaseRun, RunOptions
@@ -68,6 +69,8 @@ class RunnerCore:
         self.usage: UsageTracker = parent.usage if parent else UsageTracker()
         # Child cascade runs of the whole run tree, against limits.max_sub_cascade_runs (children.py).
         self.sub_runs: Tally = parent.sub_runs if parent else Tally()
+        # Numbers the questions to humans, so a run resumed after an answer finds it (human.py).
+        self.questions: QuestionCounter = parent.questions if parent else QuestionCounter()
         self.budget: BudgetGuard = (
             parent.budget
             if parent
@@ -305,7 +308,9 @@ class RunnerCore:
                     minimum_input_estimate=estimated_input_tokens,
                 )
                 kwargs = _with_model_id_settings(model, run_kwargs)
-                kwargs["model"] = budgeted_model(kwargs.get("model") or agent.model, account)
+                kwargs["model"] = budgeted_model(
+                    kwargs.get("model") or agent.model, account, self.options.journal
+                )
                 started = time.monotonic()
                 try:
                     result = await agent.run(prompt, **kwargs)
@@ -345,7 +350,7 @@ class RunnerCore:
             phase=label,
             attempt=attempt,
             model=model,
-            requests=usage.requests,
+            requests=usage.requests - (account.replayed if account is not None else 0),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost_usd=price_call(model, input_tokens, output_tokens, declared=self.options.declared_price),

@@ -12,6 +12,7 @@ from airflow_llm_provider.cascades.cache import PhaseCache
 from airflow_llm_provider.cascades.limits import Limits, configured_limits
 from airflow_llm_provider.cascades.memory import MemoryStore
 from airflow_llm_provider.cascades.redact import redact, redact_value
+from airflow_llm_provider.cascades.run.journal import ResponseJournal
 from airflow_llm_provider.cascades.spec import Budget
 from airflow_llm_provider.cascades.tools import ToolRegistry
 from airflow_llm_provider.cascades.tools.builtin import ToolServices
@@ -73,6 +74,9 @@ class RunOptions:
     scratch root, whether unsandboxed code is allowed (``cascades/tools/builtin.py``)."""
     session_id: str | None = None
     """Names the run's session (scratch folder, session database); None: a fresh random id."""
+    journal: ResponseJournal | None = None
+    """Model responses of an earlier try of this run to replay, and where this run's are kept
+    (``run/journal.py``): a run resumed after a human answered pays for nothing twice."""
     limits: Limits = field(default_factory=configured_limits)
     """Resource limits of the run and all its children (``cascades/limits.py``); by default the
     ``[llm_provider]`` settings."""

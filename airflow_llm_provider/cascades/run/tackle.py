@@ -159,6 +159,7 @@ class TackleMixin(ManifestMixin):
             start_background=self._start_background,
             deterministic=deterministic,
             connections=connection_ids(self.cascade),
+            questions=self.questions,
         )
 
     def _start_background(self, work: Coroutine[Any, Any, Any]) -> None:

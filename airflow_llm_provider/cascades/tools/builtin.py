@@ -3,7 +3,7 @@
 A Windlass cascade names built-in tools (``set_state``, ``sql_data``, ``python_data``,
 ``run_code``, ``create_plotly``...) without registering them; so do ours. Each family module
 (``state``, ``sql``, ``polyglot``, ``bash``, ``code``, ``artifacts``, ``cascades``,
-``files``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is made per call site
+``files``, ``human``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is made per call site
 from a :class:`ToolContext` (the run's state, outputs, session resources and the services the
 Airflow adapters inject), so the family modules import no Airflow and keep no global state.
 
@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from airflow_llm_provider.cascades.human import HumanChannel, QuestionCounter
 from airflow_llm_provider.cascades.settings import option_flag
 
 UNSANDBOXED_OPTION = "allow_unsandboxed_code"
 
-FAMILIES = ("state", "sql", "polyglot", "bash", "code", "artifacts", "cascades", "files")
+FAMILIES = ("state", "sql", "polyglot", "bash", "code", "artifacts", "cascades", "files", "human")
 """Modules of ``airflow_llm_provider.cascades.tools`` holding built-in tool families."""
 
 
@@ -62,6 +63,9 @@ class ToolServices:
     scratch_root: Path | None = None
     """Parent of each run's session folder (session DuckDB, bash working directory); None: the
     system temporary directory."""
+    human: HumanChannel | None = None
+    """Who answers ``ask_human``, ``request_decision`` and ``human_input`` (``cascades/human.py``);
+    None: nobody, and a question fails its phase saying how to answer it."""
     allow_unsandboxed_code: bool = field(default_factory=lambda: option_flag(UNSANDBOXED_OPTION))
     """``[llm_provider] allow_unsandboxed_code``: run model-written code without bubblewrap
     (dangerous; docs/security.md). Off by default."""
@@ -134,6 +138,8 @@ class ToolContext:
     """Called by a ``tool:`` phase (Windlass gives those phases' data tools the run's data)."""
     connections: frozenset[str] | None = None
     """The connection ids the cascade may use (``trust.connection_ids``); None: not known here."""
+    questions: QuestionCounter = field(default_factory=QuestionCounter)
+    """The run's question numbering (``human.py``): keys a resumed run finds its answers by."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
