@@ -53,7 +53,7 @@ class HumanRequest:
     cascade_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "options": [asdict(option) for option in self.options]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HumanRequest:

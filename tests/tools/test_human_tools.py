@@ -213,3 +213,17 @@ def test_cli_rejects_an_answers_file_that_is_not_a_mapping(tmp_path):
     )
     assert result.returncode == 2
     assert "--answers" in result.stderr and "mapping" in result.stderr
+
+
+def test_operator_refuses_human_input_where_airflow_has_none():
+    """Airflow 2.11 has no human-in-the-loop: the DAG fails to parse, naming the version needed."""
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    from airflow_llm_provider.operators.cascade import CascadeOperator
+    from airflow_llm_provider.operators.cascade_human import human_input_unsupported
+
+    if human_input_unsupported() is None:
+        CascadeOperator(task_id="asks", cascade=CASCADE)  # accepted: Airflow 3.3 parks the question
+        return
+    with pytest.raises(AirflowException, match=r"phases review, decide: .*needs Airflow 3\.3 or later"):
+        CascadeOperator(task_id="asks", cascade=CASCADE)

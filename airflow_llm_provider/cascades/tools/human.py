@@ -212,3 +212,12 @@ TOOLS = (
     ),
 )
 """The human family (``builtin.py``)."""
+
+
+def human_phases(cascade: Any) -> list[str]:
+    """Names of the phases of ``cascade`` that may ask a human (offered or calling a human tool)."""
+    return [
+        phase.name
+        for phase in cascade.phases
+        if phase.tool in HUMAN_TOOLS or HUMAN_TOOLS.intersection(phase.tackle or ())
+    ]

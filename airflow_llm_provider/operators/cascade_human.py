@@ -1,0 +1,138 @@
+"""A cascade's questions to a human, on Airflow's human-in-the-loop (Airflow 3.3+).
+
+When the engine raises :class:`~airflow_llm_provider.cascades.human.HumanInputNeeded`, the task
+writes the question as the task instance's HITL request (the UI's "Required Actions", answerable
+there and through ``PATCH .../hitlDetails``) and raises ``TaskAwaitingInput``: the task instance
+waits in ``awaiting_input`` holding no worker, pool slot or triggerer. The answer (or the
+scheduler's timeout sweep) resumes it in :func:`resume_kwargs`'s method; the cascade then runs
+again with the answers so far, finished phases come from the phase cache and the phase that asked
+replays its paid model responses from the run's journal, so nothing is paid twice.
+
+Airflow keeps one HITL request per task try and does not change its text once written, so a task
+asks one question per try: a cascade that asks twice in one task fails with a message saying so.
+(A cascade rendered as a DAG asks from each phase's own task.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from airflow_llm_provider.cascades.human import HumanAnswer, HumanRequest
+
+RESUME_METHOD = "resume_after_human"
+SUBMIT = "Submit"
+OTHER = "Other (write it below)"
+MAX_JOURNAL_BYTES = 4 * 1024 * 1024
+"""A larger journal is not carried to the resumed try (the phase cache still is)."""
+NEEDS = "Airflow 3.3 or later (human-in-the-loop tasks that wait in `awaiting_input`)"
+
+
+def human_input_unsupported() -> str | None:
+    """Why this Airflow cannot host a cascade's questions to a human, or None."""
+    try:
+        from airflow.sdk.exceptions import TaskAwaitingInput  # noqa: F401
+    except ImportError:
+        import airflow
+
+        return f"this cascade asks a human, which needs {NEEDS}; this is Airflow {airflow.__version__}"
+    return None
+
+
+def _options(request: HumanRequest) -> list[str]:
+    if request.kind != "decision":
+        return [SUBMIT]
+    labels = [option.label for option in request.options]
+    if len(set(labels)) != len(labels):  # the UI shows labels; two alike could not be told apart
+        labels = [f"{option.label} ({option.id})" for option in request.options]
+    return labels + ([OTHER] if request.allow_custom else [])
+
+
+def _params(request: HumanRequest) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    if request.kind == "decision":
+        if not request.allow_custom:
+            return {}
+        field = Param("", type="string", description=f"Your answer, with '{OTHER}'")
+        return {"custom_text": field.serialize()}
+    return {"answer": Param("", type="string", description=request.question[:500]).serialize()}
+
+
+def _body(request: HumanRequest) -> str:
+    lines = [request.question]
+    if request.context:
+        lines += ["", request.context]
+    described = [o for o in request.options if o.description]
+    if described:
+        lines += ["", *(f"- **{o.label}**: {o.description}" for o in described)]
+    lines += ["", f"_Cascade `{request.cascade_id}`, phase `{request.phase}`._"]
+    return "\n".join(lines)
+
+
+def park(context: Any, request: HumanRequest, carried: Mapping[str, Any]) -> None:
+    """Write ``request`` as this task instance's HITL request and wait for it (never returns)."""
+    from airflow.sdk.exceptions import TaskAwaitingInput
+    from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+    ti = context["task_instance"]
+    try_number = int(getattr(ti, "try_number", 1) or 1)
+    if carried.get("asked_in_try") == try_number:
+        raise RuntimeError(
+            f"phase '{request.phase}' asks a human a second question in the same task try; Airflow "
+            "keeps one human-in-the-loop request per task try and cannot change its text. Split the "
+            "questions into phases of a cascade rendered as a DAG (each phase its own task)"
+        )
+    upsert_hitl_detail(
+        ti_id=ti.id,
+        options=_options(request),
+        subject=f"{request.cascade_id} · {request.phase}: {request.question}"[:1000],
+        body=_body(request),
+        defaults=None,
+        multiple=False,
+        params=_params(request),
+    )
+    timeout = dt.timedelta(seconds=request.timeout_seconds) if request.timeout_seconds else None
+    raise TaskAwaitingInput(
+        method_name=RESUME_METHOD,
+        kwargs={**carried, "pending": request.to_dict(), "asked_in_try": try_number},
+        timeout=timeout,
+    )
+
+
+def carried_state(answers: Mapping[str, HumanAnswer], journal: Mapping[str, list[str]], log: Any) -> dict:
+    """What a parked task carries to its resumption: the answers so far and the paid responses."""
+    size = len(json.dumps(journal))
+    if size > MAX_JOURNAL_BYTES:
+        log.warning(
+            "the run's %d bytes of model responses are not carried past the question; phases that "
+            "finished come from the phase cache, the asking phase is paid again",
+            size,
+        )
+        journal = {}
+    return {"answers": {key: answer.to_dict() for key, answer in answers.items()}, "journal": dict(journal)}
+
+
+def answer_from_event(request: HumanRequest, event: Mapping[str, Any]) -> HumanAnswer:
+    """The HITL response (or timeout) as the engine's answer to ``request``."""
+    if "error" in event or event.get("timedout"):
+        if "error" in event and event.get("error_type") != "timeout":
+            raise RuntimeError(f"the human-in-the-loop request failed: {event['error']}")
+        return HumanAnswer(timed_out=True)
+    chosen = list(event.get("chosen_options") or [])
+    params = dict(event.get("params_input") or {})
+    if request.kind != "decision":
+        return HumanAnswer(text=str(params.get("answer") or ""))
+    if chosen and chosen[0] == OTHER:
+        return HumanAnswer(text=str(params.get("custom_text") or ""))
+    labels = _options(request)
+    for option, label in zip(request.options, labels, strict=False):
+        if chosen and chosen[0] == label:
+            return HumanAnswer(choice=option.id)
+    raise RuntimeError(f"the answer {chosen!r} is none of the options {labels!r}")
+
+
+def answers_from(carried: Mapping[str, Any]) -> dict[str, HumanAnswer]:
+    return {key: HumanAnswer.from_dict(value) for key, value in (carried.get("answers") or {}).items()}

@@ -1,0 +1,100 @@
+"""A cascade that asks a human, under a real Airflow 3.3 (scheduler, api-server, dag-processor):
+the task waits in ``awaiting_input`` holding no slot, the test answers through the REST API as the
+UI does, and the cascade finishes with the answer, paying for no model request twice."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from airflow_llm_provider.testing.openai_server import text, tool_call
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def airflow3_server(airflow_server):
+    if not airflow_server.airflow3:
+        pytest.skip("Airflow 2 has no human-in-the-loop (the operator refuses such cascades there)")
+    return airflow_server
+
+
+def _wait_for_state(server, dag_id: str, run_id: str, wanted: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (ti,) = server.task_instances(dag_id, run_id)
+        if ti["state"] == wanted:
+            return ti
+        if ti["state"] in ("failed", "upstream_failed", "success"):
+            break
+        time.sleep(1)
+    raise AssertionError(f"task is {ti['state']}, not {wanted}\n{server.task_log(dag_id, run_id, 'cascade')}")
+
+
+def _hitl_path(dag_id: str, run_id: str) -> str:
+    return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/cascade/-1/hitlDetails"
+
+
+def test_question_waits_without_a_slot_and_the_rest_answer_resumes_the_cascade(airflow3_server, llm_server):
+    server = airflow3_server
+    llm_server.script(
+        text("Tea is a leaf."),
+        tool_call("ask_human", {"question": "Is 'Tea is a leaf.' fine?", "context": "first draft"}),
+        text("Shipped as the reviewer said."),
+    )
+    server.put_vault_secret("connection", "e2e_human_llm", **llm_server.connection())
+    server.wait_for_dag("e2e_human_ask")
+    server.unpause("e2e_human_ask")
+    run_id = server.trigger("e2e_human_ask")
+
+    _wait_for_state(server, "e2e_human_ask", run_id, "awaiting_input")
+    pool = server.request("GET", "/pools/default_pool")
+    assert pool["running_slots"] == 0 and pool["occupied_slots"] == 0, pool  # nothing holds a slot
+    waiting = server.request("GET", "/dags/~/dagRuns/~/hitlDetails", params={"response_received": False})
+    (detail,) = [d for d in waiting["hitl_details"] if d["task_instance"]["dag_id"] == "e2e_human_ask"]
+    assert "Is 'Tea is a leaf.' fine?" in detail["subject"]
+    assert "first draft" in detail["body"]
+    assert detail["options"] == ["Submit"]
+    assert len(llm_server.requests) == 2
+
+    server.request(
+        "PATCH",
+        _hitl_path("e2e_human_ask", run_id),
+        json={"chosen_options": ["Submit"], "params_input": {"answer": "yes, ship it"}},
+    )
+    run = server.wait_for_run("e2e_human_ask", run_id)
+    assert run["state"] == "success", server.task_log("e2e_human_ask", run_id, "cascade")
+    result = server.xcom("e2e_human_ask", run_id, "cascade")
+    assert result["final"] == "Shipped as the reviewer said."
+    # Three model requests in all: the resumed try replayed the two paid before the question.
+    assert len(llm_server.requests) == 3
+    assert "yes, ship it" in llm_server.requests[2].text_of("tool")
+    (ti,) = server.task_instances("e2e_human_ask", run_id)
+    assert ti["try_number"] == 1
+
+
+def test_an_unanswered_decision_times_out_as_windlass_does(airflow3_server, llm_server):
+    server = airflow3_server
+    decision = {
+        "question": "Which region?",
+        "options": [{"id": "emea", "label": "EMEA"}, {"id": "apac", "label": "APAC"}],
+        # Airflow 3.3.2 races a sweep that comes before the executor reported the parked run
+        # (seen with 4 s: "finished with state success, but ... is queued" fails the task).
+        "timeout_seconds": 20,
+    }
+    llm_server.script(tool_call("request_decision", decision), text("No decision; keeping the default."))
+    server.put_vault_secret("connection", "e2e_human_llm", **llm_server.connection())
+    server.wait_for_dag("e2e_human_timeout")
+    server.unpause("e2e_human_timeout")
+    run_id = server.trigger("e2e_human_timeout")
+
+    _wait_for_state(server, "e2e_human_timeout", run_id, "awaiting_input")
+    detail = server.request("GET", _hitl_path("e2e_human_timeout", run_id))
+    assert detail["options"] == ["EMEA", "APAC", "Other (write it below)"]
+    # Nobody answers: the scheduler's timeout sweep resumes the task with a timeout.
+    run = server.wait_for_run("e2e_human_timeout", run_id, timeout=120)
+    assert run["state"] == "success", server.task_log("e2e_human_timeout", run_id, "cascade")
+    assert len(llm_server.requests) == 2
+    assert json.loads(llm_server.requests[1].text_of("tool")) == {"selected": None, "timeout": True}
