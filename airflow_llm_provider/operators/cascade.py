@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 from airflow_llm_provider.cascades.templates import AIRFLOW_VARIABLES
+from airflow_llm_provider.operators.cascade_human import HumanInputMixin, refuse_if_unsupported, run_or_park
 from airflow_llm_provider.operators.links import CascadeArtifactsLink
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_llm_provider.cascades.human import HumanChannel
+    from airflow_llm_provider.cascades.human import HumanChannel, RecordedAnswers
     from airflow_llm_provider.cascades.run.journal import ResponseJournal
-    from airflow_llm_provider.cascades.runner import RunOptions, RunRecord
+    from airflow_llm_provider.cascades.runner import CascadeResult, RunOptions, RunRecord
     from airflow_llm_provider.cascades.spec import Cascade
     from airflow_llm_provider.hooks.llm import LLMHook
     from airflow_llm_provider.operators.cascade_tools import SqlRun
@@ -79,7 +80,7 @@ class CascadeLineageMixin:
         return cascade_lineage(self, "failure", task_instance)
 
 
-class CascadeOperator(CascadeLineageMixin, BaseOperator):
+class CascadeOperator(HumanInputMixin, CascadeLineageMixin, BaseOperator):
     """
     Run an LLM cascade (YAML/JSON file or dict) as one task.
 
@@ -140,7 +141,7 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
         self.tools = dict(tools or {})
         self.max_concurrency = max_concurrency
         # Validate while the DAG is parsed: a broken cascade is an import error, not a failed run.
-        refuse_human_input_if_unsupported(self._load())
+        refuse_if_unsupported(self._load())
 
     def _cascade_source(self) -> str | Mapping[str, Any]:
         return cascade_source(self)
@@ -156,34 +157,21 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         return self._run(context, {})
 
-    def resume_after_human(self, context: Any, event: dict[str, Any], **carried: Any) -> dict[str, Any]:
-        """Back from Airflow's human-in-the-loop with an answer (or a timeout): run again with it."""
-        return self._run(context, with_answer(carried, event))
-
     def _run(self, context: Any, carried: Mapping[str, Any]) -> dict[str, Any]:
-        from airflow_llm_provider.cascades.human import HumanInputNeeded, RecordedAnswers
-        from airflow_llm_provider.cascades.run.journal import ResponseJournal
+        """Run the cascade with the human answers and paid responses ``carried`` from before a
+        question (empty on the first run); a new question parks the task (cascade_human.py)."""
         from airflow_llm_provider.cascades.runner import run_cascade
-        from airflow_llm_provider.operators.cascade_human import answers_from, carried_state, park
 
         cascade = self._load()
         missing = cascade.missing_inputs(self.inputs)
         if missing:  # before any LLM call; a retry would not bring the input
             raise AirflowFailException(f"{missing}; set it in the task's `inputs`")
-        answers = answers_from(carried)
-        journal = ResponseJournal(carried.get("journal"))
-        human = RecordedAnswers(answers)
-        options, hook = run_options_for(self, cascade, context, human=human, journal=journal)
-        try:
-            result = run_cascade(cascade, self.inputs, options)
-        except HumanInputNeeded as asked:
-            self.log.info("Waiting for a human (Required Actions): %s", asked)
-            state = carried_state(answers, journal.entries(), self.log)
-            try:
-                park(context, asked.request, {**state, "asked_in_try": carried.get("asked_in_try")})
-            except RuntimeError as err:
-                raise AirflowException(str(err)) from None
-            raise  # park() never returns
+
+        def run(human: RecordedAnswers, journal: ResponseJournal) -> tuple[CascadeResult, LLMHook]:
+            options, hook = run_options_for(self, cascade, context, human=human, journal=journal)
+            return run_cascade(cascade, self.inputs, options), hook
+
+        result, hook = run_or_park(self, context, carried, run)
         summary = result.to_dict()
         summary["usage"]["model"] = hook.model_name
         summary["usage"]["synthetic"] = hook.synthetic
@@ -196,32 +184,6 @@ class CascadeOperator(CascadeLineageMixin, BaseOperator):
             raise AirflowException(message)
         lineage_state(self).status = "success"
         return summary
-
-
-def refuse_human_input_if_unsupported(cascade: Cascade) -> None:
-    """A cascade that asks a human needs Airflow's human-in-the-loop: refused on older Airflow when
-    the DAG is parsed, naming the phases and the version needed."""
-    from airflow_llm_provider.cascades.tools.human import human_phases
-    from airflow_llm_provider.operators.cascade_human import human_input_unsupported
-
-    phases = human_phases(cascade)
-    reason = human_input_unsupported() if phases else None
-    if reason:
-        raise AirflowException(f"cascade {cascade.cascade_id}: phases {', '.join(phases)}: {reason}")
-
-
-def with_answer(carried: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
-    """What a resumed task carries, plus the answer the HITL event brought to the pending question."""
-    from airflow_llm_provider.cascades.human import HumanRequest
-    from airflow_llm_provider.operators.cascade_human import answer_from_event
-
-    request = HumanRequest.from_dict(carried["pending"])
-    try:
-        answer = answer_from_event(request, event)
-    except RuntimeError as err:
-        raise AirflowException(str(err)) from None
-    answers = {**(carried.get("answers") or {}), request.key: answer.to_dict()}
-    return {**carried, "answers": answers}
 
 
 def lineage_state(task: Any) -> CascadeRunState:

@@ -17,10 +17,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_llm_provider.cascades.human import HumanAnswer, HumanRequest
+
+if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.human import RecordedAnswers
+    from airflow_llm_provider.cascades.run.journal import ResponseJournal
+    from airflow_llm_provider.cascades.spec import Cascade
+
+T = TypeVar("T")
 
 RESUME_METHOD = "resume_after_human"
 SUBMIT = "Submit"
@@ -136,3 +145,62 @@ def answer_from_event(request: HumanRequest, event: Mapping[str, Any]) -> HumanA
 
 def answers_from(carried: Mapping[str, Any]) -> dict[str, HumanAnswer]:
     return {key: HumanAnswer.from_dict(value) for key, value in (carried.get("answers") or {}).items()}
+
+
+def refuse_if_unsupported(cascade: Cascade, phases: Sequence[str] | None = None) -> None:
+    """A cascade (or the ``phases`` of it a task runs) that asks a human needs Airflow's
+    human-in-the-loop: refused on older Airflow when the DAG is parsed, naming the phases and the
+    version needed."""
+    from airflow_llm_provider.cascades.tools.human import human_phases
+
+    asking = [name for name in human_phases(cascade) if phases is None or name in phases]
+    reason = human_input_unsupported() if asking else None
+    if reason:
+        raise AirflowException(f"cascade {cascade.cascade_id}: phases {', '.join(asking)}: {reason}")
+
+
+def with_answer(carried: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
+    """What a resumed task carries, plus the answer the HITL event brought to the pending question."""
+    request = HumanRequest.from_dict(carried["pending"])
+    try:
+        answer = answer_from_event(request, event)
+    except RuntimeError as err:
+        raise AirflowException(str(err)) from None
+    answers = {**(carried.get("answers") or {}), request.key: answer.to_dict()}
+    return {**carried, "answers": answers}
+
+
+def run_or_park(
+    task: Any,
+    context: Any,
+    carried: Mapping[str, Any],
+    run: Callable[[RecordedAnswers, ResponseJournal], T],
+) -> T:
+    """``run(human, journal)`` with the answers and paid responses ``carried`` so far; a new
+    question parks the task (:func:`park`) instead of returning."""
+    from airflow_llm_provider.cascades.human import HumanInputNeeded, RecordedAnswers
+    from airflow_llm_provider.cascades.run.journal import ResponseJournal
+
+    answers = answers_from(carried)
+    journal = ResponseJournal(carried.get("journal"))
+    try:
+        return run(RecordedAnswers(answers), journal)
+    except HumanInputNeeded as asked:
+        task.log.info("Waiting for a human (Required Actions): %s", asked)
+        state = carried_state(answers, journal.entries(), task.log)
+        try:
+            park(context, asked.request, {**state, "asked_in_try": carried.get("asked_in_try")})
+        except RuntimeError as err:
+            raise AirflowException(str(err)) from None
+        raise  # park() never returns
+
+
+class HumanInputMixin:
+    """``resume_after_human``: the method Airflow calls when a parked task's question is answered
+    (or times out); the operator's ``_run(context, carried)`` runs again with the answer."""
+
+    def _run(self, context: Any, carried: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def resume_after_human(self, context: Any, event: dict[str, Any], **carried: Any) -> Any:
+        return self._run(context, with_answer(carried, event))

@@ -33,10 +33,15 @@ from airflow_llm_provider.operators.cascade import (
     cascade_source,
     lineage_state,
 )
+from airflow_llm_provider.operators.cascade_human import HumanInputMixin, refuse_if_unsupported, run_or_park
 from airflow_llm_provider.operators.links import CascadeArtifactsLink
 
 if TYPE_CHECKING:
+    from airflow_llm_provider.cascades.human import RecordedAnswers
+    from airflow_llm_provider.cascades.run.journal import ResponseJournal
+    from airflow_llm_provider.cascades.runner import PhaseOutcome
     from airflow_llm_provider.cascades.spec import Cascade
+    from airflow_llm_provider.hooks.llm import LLMHook
 
 _LOADED: dict[tuple[str, int, tuple[str, ...]], Cascade] = {}
 
@@ -85,7 +90,7 @@ def _output_of(value: Any) -> Any:
     return value
 
 
-class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
+class CascadePhaseOperator(HumanInputMixin, CascadeLineageMixin, BaseOperator):
     """
     Run one phase of a cascade (a task of a cascade rendered as a DAG).
 
@@ -151,7 +156,10 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
         self.cache_ttl_seconds = cache_ttl_seconds
         self.tools = dict(tools or {})
         self.max_concurrency = max_concurrency
-        self._load().phase(phase)  # parse time: a broken file or unknown phase is an import error
+        # Parse time: a broken file, an unknown phase, a human step on old Airflow are import errors.
+        loaded = self._load()
+        loaded.phase(phase)
+        refuse_if_unsupported(loaded, [phase])
 
     def _cascade_source(self) -> str | Mapping[str, Any]:
         return cascade_source(self)
@@ -180,6 +188,11 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
         return state
 
     def execute(self, context: Any) -> dict[str, Any]:
+        return self._run(context, {})
+
+    def _run(self, context: Any, carried: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the phase with the human answers ``carried`` from before a question (empty on the
+        first run); a question parks the task as its own human-in-the-loop step."""
         from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, run_phase
         from airflow_llm_provider.operators.cascade import run_options_for
@@ -188,11 +201,12 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
         ti = context["ti"]
         outputs = self._pulled_outputs(context)
         inputs = self.inputs if self.inputs is not None else run_input(context)
-        options, hook = run_options_for(self, cascade, context)
         item_index = getattr(ti, "map_index", -1) if self.mapped else None
         if item_index is not None:
             self.log.info("Phase %s, item %s", self.phase, item_index)
-        try:
+
+        def run(human: RecordedAnswers, journal: ResponseJournal) -> tuple[PhaseOutcome, LLMHook]:
+            options, hook = run_options_for(self, cascade, context, human=human, journal=journal)
             outcome = run_phase(
                 cascade,
                 self.phase,
@@ -203,6 +217,10 @@ class CascadePhaseOperator(CascadeLineageMixin, BaseOperator):
                 item_index=item_index,
                 state=self._pulled_state(context),
             )
+            return outcome, hook
+
+        try:
+            outcome, hook = run_or_park(self, context, carried, run)
         except BudgetExceeded as err:
             lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err

@@ -4,9 +4,12 @@ refuse them)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pendulum
 from airflow.providers.common.compat.sdk import DAG
 
+from airflow_llm_provider.cascade_dags import CascadeDagConfig, build_cascade_dag
 from airflow_llm_provider.operators.cascade import CascadeOperator
 from airflow_llm_provider.operators.cascade_human import human_input_unsupported
 
@@ -45,3 +48,9 @@ if human_input_unsupported() is None:
                 inputs={"topic": "tea"} if cascade is ASK else {},
                 llm_conn_id="e2e_human_llm",
             )
+
+    # The shipped example cascade rendered as a DAG: `review` is its own human-in-the-loop task.
+    e2e_human_rendered = build_cascade_dag(
+        Path(__file__).parent / "cascades" / "release_note_review.yaml",
+        CascadeDagConfig(dag_id_prefix="e2e_rendered_", llm_conn_id="e2e_human_llm", tags=["e2e"]),
+    )

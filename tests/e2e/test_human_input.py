@@ -98,3 +98,38 @@ def test_an_unanswered_decision_times_out_as_windlass_does(airflow3_server, llm_
     assert run["state"] == "success", server.task_log("e2e_human_timeout", run_id, "cascade")
     assert len(llm_server.requests) == 2
     assert json.loads(llm_server.requests[1].text_of("tool")) == {"selected": None, "timeout": True}
+
+
+def test_rendered_dag_asks_from_its_own_task_and_later_phases_use_the_answer(airflow3_server, llm_server):
+    server, dag_id = airflow3_server, "e2e_rendered_release_note_review"
+    llm_server.script(
+        text("Search is faster now."),
+        tool_call("ask_human", {"question": "Is the note right?"}),
+        text("Reviewer: mention the 2x speed-up."),
+        text("Search is now twice as fast."),
+    )
+    server.put_vault_secret("connection", "e2e_human_llm", **llm_server.connection())
+    server.wait_for_dag(dag_id)
+    server.unpause(dag_id)
+    run_id = server.trigger(dag_id, conf={"change": "faster search"})
+
+    deadline = time.monotonic() + 180
+    states: dict = {}
+    while time.monotonic() < deadline and states.get("review") != "awaiting_input":
+        states = {ti["task_id"]: ti["state"] for ti in server.task_instances(dag_id, run_id)}
+        assert "failed" not in states.values(), states
+        time.sleep(1)
+    assert states == {"draft": "success", "review": "awaiting_input", "finish": None}, states
+
+    server.request(
+        "PATCH",
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/review/-1/hitlDetails",
+        json={"chosen_options": ["Submit"], "params_input": {"answer": "mention the 2x speed-up"}},
+    )
+    run = server.wait_for_run(dag_id, run_id)
+    assert run["state"] == "success", server.task_log(dag_id, run_id, "review")
+    assert len(llm_server.requests) == 4  # draft, the asking turn, review's answer, finish
+    assert "mention the 2x speed-up" in llm_server.requests[2].text_of("tool")
+    # The answer reached `finish` through the run's state, carried in XCom between the tasks.
+    assert "Review: mention the 2x speed-up" in llm_server.requests[3].text_of("system")
+    assert server.xcom(dag_id, run_id, "finish")["output"] == "Search is now twice as fast."
