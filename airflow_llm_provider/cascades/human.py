@@ -25,7 +25,9 @@ from typing import Any, Literal, Protocol
 NO_RESPONSE = "[No response from human]"
 """What ``ask_human`` answers when the wait times out (Windlass's text)."""
 
-Kind = Literal["text", "decision"]
+Kind = Literal["text", "decision", "signal"]
+"""``signal``: not a human but another workflow (``await_signal``); ``question`` is the signal's
+name, the answer's ``text`` its payload as JSON."""
 
 
 @dataclass(frozen=True)

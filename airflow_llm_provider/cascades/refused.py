@@ -46,9 +46,6 @@ NOT_YET: dict[str, dict[str, str]] = {
         "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
         "decision_points": f"`decision_points` (Windlass human decisions) {_NOT_YET}",
     },
-    "Soundings": {
-        "evaluator": f"`evaluator` (Windlass human/hybrid evaluation) {_NOT_YET}",
-    },
     "ValidatorSpec": {
         language: f"polyglot validators (`{language}`) belong in `wards` or `rules.loop_until`, not in "
         "`validators:` (Windlass's `validators:` entries are LLM instructions)"
@@ -131,11 +128,6 @@ WARNED: dict[str, dict[str, str]] = {
         "feedback mid-phase on Airflow, which is how the phase runs in Windlass when nobody does",
     },
     "Wards": {"turn": "`turn` wards are ignored, as in Windlass, which never runs them"},
-    "Soundings": {
-        key: f"`{key}` only configures human judging (`evaluator: human|hybrid`), which is not "
-        "supported yet; ignored"
-        for key in ("human_eval", "llm_prefilter", "llm_prefilter_instructions")
-    },
 }
 """Model name -> key accepted with a warning -> message."""
 

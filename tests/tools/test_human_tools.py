@@ -227,3 +227,101 @@ def test_operator_refuses_human_input_where_airflow_has_none():
         return
     with pytest.raises(AirflowException, match=r"phases review, decide: .*needs Airflow 3\.3 or later"):
         CascadeOperator(task_id="asks", cascade=CASCADE)
+
+
+def judged_cascade(tmp_path: Path, **human_eval) -> Path:
+    soundings = {"factor": 3, "mutate": False, "evaluator": "human"}
+    if human_eval:
+        soundings["human_eval"] = human_eval
+    cascade = {
+        "cascade_id": "judged",
+        "phases": [{"name": "tagline", "instructions": "A tagline.", "soundings": soundings}],
+    }
+    path = tmp_path / "judged.yaml"
+    path.write_text(yaml.safe_dump(cascade))
+    return path
+
+
+def numbered(request):
+    return text(f"tagline number {request.index}")
+
+
+def _attempts(context: str) -> list[str]:
+    return [part.split("\n\n", 1)[1].strip() for part in context.split("### Attempt ")[1:]]
+
+
+def test_a_human_picks_the_winning_sounding_and_the_resumed_run_keeps_each_attempt(llm_server, tmp_path):
+    llm_server.responder = numbered
+    cascade = load_cascade(judged_cascade(tmp_path))
+    recorded, journal = RecordedAnswers(), ResponseJournal()
+    with pytest.raises(HumanInputNeeded) as asked:
+        run_cascade(cascade, {}, options(llm_server, recorded, journal))
+    request = asked.value.request
+    assert [o.label for o in request.options] == ["Attempt 1", "Attempt 2", "Attempt 3", "Reject all"]
+    shown = _attempts(request.context)
+    assert sorted(shown) == [f"tagline number {i}" for i in range(3)]
+
+    recorded.answers[request.key] = HumanAnswer(choice="1")  # "Attempt 2"
+    journal = ResponseJournal(journal.entries())
+    result = run_cascade(cascade, {}, options(llm_server, recorded, journal))
+    assert result.status == "success", result.error
+    assert result.final == shown[1]  # each attempt replayed its own reply: the pick is what was shown
+    assert len(llm_server.requests) == 3 and journal.replayed == 3
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "outcome"),
+    [("first", "first"), ("abort", "timed out"), ("llm_fallback", "evaluator")],
+)
+def test_an_unanswered_sounding_evaluation_follows_on_timeout(llm_server, tmp_path, on_timeout, outcome):
+    def reply(request):
+        if "best" in request.text_of("system"):  # the LLM evaluator, after the fallback
+            return text("3")
+        return text(f"tagline number {request.index}")
+
+    llm_server.responder = reply
+    cascade = load_cascade(judged_cascade(tmp_path, on_timeout=on_timeout, timeout_seconds=60))
+    human = RecordedAnswers()
+    journal = ResponseJournal()
+    with pytest.raises(HumanInputNeeded) as asked:
+        run_cascade(cascade, {}, options(llm_server, human, journal))
+    shown = _attempts(asked.value.request.context)
+    assert asked.value.request.timeout_seconds == 60
+    human.answers[asked.value.request.key] = HumanAnswer(timed_out=True)
+    result = run_cascade(cascade, {}, options(llm_server, human, ResponseJournal(journal.entries())))
+    if outcome == "timed out":
+        assert result.status == "failed" and "human evaluation of the soundings timed out" in result.error
+    elif outcome == "first":
+        assert result.final == shown[0]
+    else:
+        assert result.final == shown[2]  # the evaluator answered "3"
+
+
+def test_rejecting_every_sounding_fails_the_phase(llm_server, tmp_path):
+    llm_server.responder = numbered
+    human = ScriptedAnswers({"tagline": "reject_all"}, source="answers.yaml")
+    result = run_cascade(load_cascade(judged_cascade(tmp_path)), {}, options(llm_server, human))
+    assert result.status == "failed"
+    assert "rejected all sounding attempts" in result.error
+
+
+def test_hybrid_shows_the_human_only_the_llm_prefiltered_attempts(llm_server, tmp_path):
+    def reply(request):
+        if "best 2 attempts" in request.text_of("system"):
+            return text("3, 1")
+        return text(f"tagline number {request.index}")
+
+    llm_server.responder = reply
+    path = tmp_path / "hybrid.yaml"
+    soundings = {"factor": 3, "mutate": False, "evaluator": "hybrid", "llm_prefilter": 2}
+    path.write_text(
+        yaml.safe_dump(
+            {"cascade_id": "h", "phases": [{"name": "t", "instructions": "x", "soundings": soundings}]}
+        )
+    )
+    recorded = RecordedAnswers()
+    with pytest.raises(HumanInputNeeded) as asked:
+        run_cascade(load_cascade(path), {}, options(llm_server, recorded, ResponseJournal()))
+    request = asked.value.request
+    assert [o.label for o in request.options] == ["Attempt 1", "Attempt 2", "Reject all"]
+    assert len(_attempts(request.context)) == 2

@@ -16,11 +16,13 @@ from airflow_llm_provider.cascades.run.journal import ResponseJournal, request_f
 from airflow_llm_provider.cascades.usage import Reservation
 
 
-def budgeted_model(model: Any, account: CallAccount, journal: ResponseJournal | None = None) -> Any:
+def budgeted_model(
+    model: Any, account: CallAccount, journal: ResponseJournal | None = None, journal_scope: str = ""
+) -> Any:
     """``model`` with each request reserved and capped in ``account`` (settled with the usage the
     server reported, released when the request fails). With a ``journal``, a request it holds a
     response for is answered from it, free, and every paid response is recorded in it."""
-    return _budgeted_model_class()(model, account, journal)
+    return _budgeted_model_class()(model, account, journal, journal_scope)
 
 
 # Keys of pydantic-ai's serialised messages whose values are sent to the model (the rest is
@@ -102,15 +104,18 @@ def _budgeted_model_class() -> type[Any]:
     from pydantic_ai.usage import RequestUsage
 
     class BudgetedModel(WrapperModel):
-        def __init__(self, wrapped: Any, account: CallAccount, journal: ResponseJournal | None) -> None:
+        def __init__(
+            self, wrapped: Any, account: CallAccount, journal: ResponseJournal | None, scope: str
+        ) -> None:
             super().__init__(wrapped)
             self.account = account
             self.journal = journal
+            self.scope = scope
 
         async def request(self, messages: Any, model_settings: Any, model_request_parameters: Any) -> Any:
             fingerprint = None
             if self.journal is not None:
-                fingerprint = request_fingerprint(self.model_name, messages, model_settings)
+                fingerprint = request_fingerprint(self.model_name, messages, model_settings, self.scope)
                 replayed = self.journal.replay(fingerprint)
                 if replayed is not None:  # paid for by the run before the resume
                     self.account.replayed += 1

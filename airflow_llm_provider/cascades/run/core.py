@@ -309,7 +309,11 @@ class RunnerCore:
                 )
                 kwargs = _with_model_id_settings(model, run_kwargs)
                 kwargs["model"] = budgeted_model(
-                    kwargs.get("model") or agent.model, account, self.options.journal
+                    kwargs.get("model") or agent.model,
+                    account,
+                    self.options.journal,
+                    # Parallel calls with equal prompts (soundings) each replay their own replies.
+                    journal_scope=f"{self.cascade.cascade_id}:{label}#{sounding}#{attempt}",
                 )
                 started = time.monotonic()
                 try:

@@ -29,12 +29,16 @@ def _stable(value: Any) -> Any:
     return value
 
 
-def request_fingerprint(model_name: str, messages: list[Any], settings: Mapping[str, Any] | None) -> str:
-    """One key per request content: model, messages (without timestamps) and settings."""
+def request_fingerprint(
+    model_name: str, messages: list[Any], settings: Mapping[str, Any] | None, scope: str = ""
+) -> str:
+    """One key per request content (model, messages without timestamps, settings) and call site
+    (``scope``: cascade, phase, sounding and attempt)."""
     from pydantic_ai.messages import ModelMessagesTypeAdapter
 
     payload = {
         "model": model_name,
+        "scope": scope,
         "messages": _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json")),
         "settings": {k: v for k, v in (settings or {}).items() if k != "max_tokens"},
     }

@@ -17,6 +17,7 @@ from typing import Any
 from airflow_llm_provider.cascades.budget import BudgetExceeded
 from airflow_llm_provider.cascades.limits import LimitExceeded, clip
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL, _describe, _to_text
+from airflow_llm_provider.cascades.run.human_judging import HumanJudgingMixin
 from airflow_llm_provider.cascades.run.judging import DEFAULT_EVALUATOR, Candidate
 from airflow_llm_provider.cascades.run.mutations import BUILT_IN_MUTATIONS, MutationsMixin
 from airflow_llm_provider.cascades.run.reforge import ReforgeMixin
@@ -64,7 +65,7 @@ def plan_soundings(soundings: Soundings, count: int, default: str | None) -> lis
     return [SoundingPlan(i, names[i % len(names)]) for i in range(count)]
 
 
-class SoundingsMixin(ReforgeMixin, MutationsMixin):
+class SoundingsMixin(ReforgeMixin, MutationsMixin, HumanJudgingMixin):
     """Runs and judges the soundings of an LLM phase."""
 
     # -- one sounding, or the judging, alone (soundings as Airflow tasks) -----------------------
@@ -271,10 +272,11 @@ class SoundingsMixin(ReforgeMixin, MutationsMixin):
         if len(good) > 1:
             instructions = soundings.evaluator_instructions
             text = self.render(instructions, extra) if instructions else DEFAULT_EVALUATOR
-            pick = await self._evaluate(phase, good, text)
-            self._emit(
-                f"phase {phase.name}{label}: evaluator chose sounding {good[pick].index + 1} of {factor}"
-            )
+            human = await self._human_pick(phase, good, text) if soundings.evaluator else None
+            pick = await self._evaluate(phase, good, text) if human is None else human
+            judge = "evaluator" if human is None else "the human"
+            chosen = good[pick].index + 1
+            self._emit(f"phase {phase.name}{label}: {judge} chose sounding {chosen} of {factor}")
             self._state[f"sounding_winner_{phase.name}"] = good[pick].index
         winner = good[pick]
         if self.record is not None:
