@@ -33,8 +33,23 @@ DECIDE = {
     ],
 }
 
+JUDGED = {
+    "cascade_id": "judged_tagline",
+    "phases": [
+        {
+            "name": "tagline",
+            "instructions": "Write a tagline.",
+            "soundings": {"factor": 3, "mutate": False, "evaluator": "human"},
+        }
+    ],
+}
+
 if human_input_unsupported() is None:
-    for dag_id, cascade in (("e2e_human_ask", ASK), ("e2e_human_timeout", DECIDE)):
+    for dag_id, cascade in (
+        ("e2e_human_ask", ASK),
+        ("e2e_human_timeout", DECIDE),
+        ("e2e_human_judged", JUDGED),
+    ):
         with DAG(
             dag_id=dag_id,
             schedule=None,

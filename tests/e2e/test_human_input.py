@@ -133,3 +133,29 @@ def test_rendered_dag_asks_from_its_own_task_and_later_phases_use_the_answer(air
     # The answer reached `finish` through the run's state, carried in XCom between the tasks.
     assert "Review: mention the 2x speed-up" in llm_server.requests[3].text_of("system")
     assert server.xcom(dag_id, run_id, "finish")["output"] == "Search is now twice as fast."
+
+
+def test_a_human_judges_the_soundings_through_the_rest_api(airflow3_server, llm_server):
+    server, dag_id = airflow3_server, "e2e_human_judged"
+    llm_server.responder = lambda request: text(f"tagline number {request.index}")
+    server.put_vault_secret("connection", "e2e_human_llm", **llm_server.connection())
+    server.wait_for_dag(dag_id)
+    server.unpause(dag_id)
+    run_id = server.trigger(dag_id)
+
+    _wait_for_state(server, dag_id, run_id, "awaiting_input")
+    detail = server.request("GET", _hitl_path(dag_id, run_id))
+    assert detail["options"] == ["Attempt 1", "Attempt 2", "Attempt 3", "Reject all"]
+    shown = [
+        part.split("\n\n", 1)[1].split("\n\n", 1)[0].strip()
+        for part in detail["body"].split("### Attempt ")[1:]
+    ]
+    assert sorted(shown) == ["tagline number 0", "tagline number 1", "tagline number 2"]
+
+    server.request(
+        "PATCH", _hitl_path(dag_id, run_id), json={"chosen_options": ["Attempt 3"], "params_input": {}}
+    )
+    run = server.wait_for_run(dag_id, run_id)
+    assert run["state"] == "success", server.task_log(dag_id, run_id, "cascade")
+    assert server.xcom(dag_id, run_id, "cascade")["final"] == shown[2]
+    assert len(llm_server.requests) == 3  # the three attempts, none paid again after the pick
