@@ -43,8 +43,6 @@ NOT_YET: dict[str, dict[str, str]] = {
     },
     "Phase": {
         "rag": f"`rag` (Windlass RAG) {_NOT_YET}",
-        "human_input": f"`human_input` (Windlass human-in-the-loop) {_NOT_YET}",
-        "decision_points": f"`decision_points` (Windlass human decisions) {_NOT_YET}",
     },
     "ValidatorSpec": {
         language: f"polyglot validators (`{language}`) belong in `wards` or `rules.loop_until`, not in "
@@ -153,6 +151,11 @@ WINDLASS_MODELS = frozenset(
         "AsyncCascade",
         "OutputExtraction",
         "IntraContext",
+        "HumanInputOption",
+        "HumanInputConfig",
+        "DecisionPointRoutingAction",
+        "DecisionPointUIConfig",
+        "DecisionPoints",
         "RowMapping",
         "TokenBudget",
         "ToolCachePolicy",

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from airflow_llm_provider.cascades.run.context import ContextMixin
 from airflow_llm_provider.cascades.run.core import DEFAULT_MODEL
 from airflow_llm_provider.cascades.run.flow import FlowMixin
+from airflow_llm_provider.cascades.run.human_steps import HumanStepsMixin
 from airflow_llm_provider.cascades.run.llm_phase import LlmPhaseMixin
 from airflow_llm_provider.cascades.run.results import (
     CascadeResult,
@@ -75,6 +76,7 @@ class CascadeRunner(
     ToolPhaseMixin,
     RowsMixin,
     LlmPhaseMixin,
+    HumanStepsMixin,
     SoundingsMixin,
     RulesMixin,
     ContextMixin,

@@ -352,6 +352,63 @@ class RowMapping(_Model):
     on_error: Literal["continue", "fail_fast", "collect_errors"] = "continue"
 
 
+class HumanInputOption(_Model):
+    """One choice of a ``human_input`` of type ``choice``/``multi_choice`` (Windlass's)."""
+
+    label: str
+    value: str
+    description: str | None = None
+    requires_text: bool = False
+    requires_comment: bool = False
+
+
+class HumanInputConfig(_Model):
+    """``human_input``: ask a human after the phase's output (Windlass's ``HumanInputConfig``)."""
+
+    type: Literal[
+        "confirmation", "choice", "multi_choice", "rating", "text", "form", "review", "auto", "htmx"
+    ] = "confirmation"
+    prompt: str | None = None
+    options: list[HumanInputOption] | None = None
+    max_rating: int = Field(5, ge=1, le=100)
+    rating_labels: list[str] | None = None
+    fields: list[dict[str, Any]] | None = None
+    hint: str | None = None
+    generator_prompt: str | None = None
+    condition: str | None = Field(None, description="Jinja expression over state, output, input")
+    timeout_seconds: int | None = Field(None, ge=1)
+    on_timeout: Literal["abort", "continue", "default", "escalate"] = "abort"
+    default_value: Any = None
+    escalate_to: str | None = None
+    capture_reasoning: bool = False
+    capture_confidence: bool = False
+
+
+class DecisionPointRoutingAction(_Model):
+    to: str | None = None
+    fail: bool = False
+    inject: Literal["choice", "feedback", "context"] | None = None
+
+
+class DecisionPointUIConfig(_Model):
+    present_output: bool = True
+    allow_text_fallback: bool = True
+    max_options: int = Field(6, ge=1)
+    layout: Literal["cards", "list", "buttons"] = "cards"
+
+
+class DecisionPoints(_Model):
+    """``decision_points``: the model may ask a human by writing a ``<decision>{json}</decision>``
+    block (Windlass's ``DecisionPointConfig``)."""
+
+    enabled: bool = True
+    trigger: Literal["output", "error", "both"] = "output"
+    ui: DecisionPointUIConfig = Field(default_factory=lambda: DecisionPointUIConfig.model_validate({}))
+    routing: dict[str, str | DecisionPointRoutingAction] | None = None
+    timeout_seconds: int = Field(3600, ge=1)
+    on_error_prompt: str | None = None
+
+
 class Phase(_Model):
     """One step: an LLM phase (``instructions``), a deterministic phase (``tool``) or a row fan-out
     (``for_each_row``)."""
@@ -375,6 +432,8 @@ class Phase(_Model):
     wards: Wards | None = None
     output_extraction: OutputExtraction | None = None
     intra_context: IntraContext | None = None
+    human_input: bool | HumanInputConfig | None = None
+    decision_points: DecisionPoints | None = None
     # deterministic phase
     tool: str | None = Field(None, description="Registered tool, python:mod.func, sql:file.sql")
     inputs: dict[str, Any] | None = Field(None, description="Jinja values (alias: tool_inputs)")

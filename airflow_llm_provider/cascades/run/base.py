@@ -51,6 +51,9 @@ class RunnerBase(RunnerCore):
         @staticmethod
         def _route_of(phase: Phase, result: Any) -> str | None: ...
 
+        # human_steps.py
+        async def _human_steps(self, phase: Phase, output: Any, route: str | None) -> str | None: ...
+
         # tackle.py
         def _tool_context(self, phase_name: str, *, deterministic: bool = False) -> ToolContext: ...
 
@@ -126,6 +129,9 @@ class RunnerBase(RunnerCore):
 
         # children.py
         async def _drain_background(self) -> None: ...
+
+        # human_steps.py
+        async def _human_steps(self, phase: Phase, output: Any, route: str | None) -> str | None: ...
 
         # tackle.py
         def _tackle_tool(self, reference: str, phase_name: str) -> Any: ...

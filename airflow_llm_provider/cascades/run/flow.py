@@ -185,6 +185,8 @@ class FlowMixin(CascadeSoundingsMixin):
                 output, route = await self._run_row_phase(phase)
             else:
                 output, route = await self._run_llm_phase(phase)
+                if phase.human_input or phase.decision_points:
+                    route = await self._human_steps(phase, output, route)
         except (PhaseFailed, BudgetExceeded) as err:
             self._trace.append(PhaseRun(phase.name, "failed", time.monotonic() - started, error=str(err)))
             self._emit(f"phase {phase.name}: failed: {err}")
