@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.providers.common.compat.notifier import BaseNotifier
@@ -126,6 +126,22 @@ def failure_text(context: Mapping[str, Any], *, cost_so_far: Any | None = None) 
     log_url = getattr(ti, "log_url", None)
     if log_url:
         lines.append(slack_link(str(log_url), "Task log"))
+    return "\n".join(lines)
+
+
+def question_text(
+    subject: str, question: str, *, link: str | None, assignees: Sequence[Mapping[str, str]] = ()
+) -> str:
+    """A human's answer is awaited: the question (model text: escaped, cut), who may answer and
+    where (the task's Required Actions page)."""
+    e = escape_slack
+    lines = [f":raising_hand: *Waiting for an answer*: {e(scrub(subject)[:200])}", e(scrub(question)[:500])]
+    if assignees:
+        lines.append(
+            "Assigned to: " + ", ".join(e(user.get("name") or user.get("id", "?")) for user in assignees)
+        )
+    if link:
+        lines.append(slack_link(link, "Answer in Airflow"))
     return "\n".join(lines)
 
 

@@ -102,7 +102,10 @@ class CascadeOperator(HumanInputMixin, CascadeLineageMixin, BaseOperator):
         ``[{"scope": "dag_day", "max_cost_usd": 5, "warn_at": 0.8}]`` (scopes ``dag_run``,
         ``dag_day``, ``tag_day`` with a ``tag``); checked against the cost ledger before each call.
     :param alert_slack_conn_id: Slack connection (webhook or API) for budget alerts; default
-        ``[llm_provider] alert_slack_conn_id``. ``alert_slack_channel`` for API connections.
+        ``[llm_provider] alert_slack_conn_id``. ``alert_slack_channel`` for API connections. The
+        same connection hears when a question to a human waits (Airflow 3.3+), with a link.
+    :param human_assignees: who may answer the cascade's questions to a human, as Airflow users
+        ``[{"id": ..., "name": ...}]`` (default: anyone allowed to act on the DAG).
     """
 
     template_fields: Sequence[str] = ("inputs", "llm_conn_id", "model")
@@ -125,9 +128,11 @@ class CascadeOperator(HumanInputMixin, CascadeLineageMixin, BaseOperator):
         budgets: Sequence[Mapping[str, Any]] | None = None,
         alert_slack_conn_id: str | None = None,
         alert_slack_channel: str | None = None,
+        human_assignees: Sequence[Mapping[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.human_assignees = [dict(user) for user in human_assignees or ()]
         self.budgets = list(budgets or [])
         self.alert_slack_conn_id = alert_slack_conn_id
         self.alert_slack_channel = alert_slack_channel
@@ -220,6 +225,7 @@ def run_options_for(
     from airflow_llm_provider.cascades.spec import Budget
     from airflow_llm_provider.cascades.trust import connection_ids
     from airflow_llm_provider.hooks.llm import LLMHook
+    from airflow_llm_provider.operators.cascade_signals import AirflowSignalBus
     from airflow_llm_provider.operators.cascade_tools import (
         airflow_tool_services,
         airflow_tools,
@@ -237,7 +243,10 @@ def run_options_for(
         model=task.model,
         tools=airflow_tools(task.tools),
         tool_services=airflow_tool_services(
-            on_sql=state.sql_runs.append, conn_ids=connection_ids(cascade), human=human
+            on_sql=state.sql_runs.append,
+            conn_ids=connection_ids(cascade),
+            human=human,
+            signals=AirflowSignalBus(),  # await_signal defers the task, fire_signal writes Variables
         ),
         journal=journal,
         session_id=session_id_of(context),

@@ -136,9 +136,11 @@ class CascadePhaseOperator(HumanInputMixin, CascadeLineageMixin, BaseOperator):
         budgets: Sequence[Mapping[str, Any]] | None = None,
         alert_slack_conn_id: str | None = None,
         alert_slack_channel: str | None = None,
+        human_assignees: Sequence[Mapping[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.human_assignees = [dict(user) for user in human_assignees or ()]
         # Shared budgets and their alerts: as on CascadeOperator (see ledger_accounting_for).
         self.budgets = list(budgets or [])
         self.alert_slack_conn_id = alert_slack_conn_id

@@ -62,6 +62,8 @@ if human_input_unsupported() is None:
                 cascade=cascade,
                 inputs={"topic": "tea"} if cascade is ASK else {},
                 llm_conn_id="e2e_human_llm",
+                alert_slack_conn_id="e2e_human_slack" if cascade is ASK else None,
+                human_assignees=[{"id": "admin", "name": "admin"}] if cascade is ASK else None,
             )
 
     # The shipped example cascade rendered as a DAG: `review` is its own human-in-the-loop task.

@@ -33,12 +33,28 @@ def _wait_for_state(server, dag_id: str, run_id: str, wanted: str, timeout: floa
     raise AssertionError(f"task is {ti['state']}, not {wanted}\n{server.task_log(dag_id, run_id, 'cascade')}")
 
 
+def _wait_until_reported(server, dag_id: str, run_id: str, task_id: str = "cascade") -> None:
+    """Answer only once the scheduler has heard that the parked run ended. Airflow 3.3.2 races an
+    answer that comes first: the late executor event ("finished with state success, but the task
+    instance's state attribute is queued") fails the resumed task. Humans are slower than that."""
+    wanted = f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}'"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        tail = server.log_tail("scheduler", lines=2000)
+        if any("Received executor event" in line and wanted in line for line in tail.splitlines()):
+            return
+        time.sleep(0.5)
+
+
 def _hitl_path(dag_id: str, run_id: str) -> str:
     return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/cascade/-1/hitlDetails"
 
 
-def test_question_waits_without_a_slot_and_the_rest_answer_resumes_the_cascade(airflow3_server, llm_server):
+def test_question_waits_without_a_slot_and_the_rest_answer_resumes_the_cascade(
+    airflow3_server, llm_server, slack_receiver
+):
     server = airflow3_server
+    server.put_vault_secret("connection", "e2e_human_slack", **slack_receiver.webhook_connection())
     llm_server.script(
         text("Tea is a leaf."),
         tool_call("ask_human", {"question": "Is 'Tea is a leaf.' fine?", "context": "first draft"}),
@@ -57,8 +73,14 @@ def test_question_waits_without_a_slot_and_the_rest_answer_resumes_the_cascade(a
     assert "Is 'Tea is a leaf.' fine?" in detail["subject"]
     assert "first draft" in detail["body"]
     assert detail["options"] == ["Submit"]
+    assert [user["id"] for user in detail["assigned_users"]] == ["admin"]
     assert len(llm_server.requests) == 2
+    # The Slack connection heard of the question, with a link to the task's Required Actions.
+    (post,) = [p for p in slack_receiver.posts if "Waiting for an answer" in p.text]
+    assert "Is 'Tea is a leaf.' fine?" in post.text
+    assert f"/dags/e2e_human_ask/runs/{run_id}/tasks/cascade/required_actions" in post.text
 
+    _wait_until_reported(server, "e2e_human_ask", run_id)
     server.request(
         "PATCH",
         _hitl_path("e2e_human_ask", run_id),
@@ -121,6 +143,7 @@ def test_rendered_dag_asks_from_its_own_task_and_later_phases_use_the_answer(air
         time.sleep(1)
     assert states == {"draft": "success", "review": "awaiting_input", "finish": None}, states
 
+    _wait_until_reported(server, dag_id, run_id, "review")
     server.request(
         "PATCH",
         f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/review/-1/hitlDetails",
@@ -152,6 +175,7 @@ def test_a_human_judges_the_soundings_through_the_rest_api(airflow3_server, llm_
     ]
     assert sorted(shown) == ["tagline number 0", "tagline number 1", "tagline number 2"]
 
+    _wait_until_reported(server, dag_id, run_id)
     server.request(
         "PATCH", _hitl_path(dag_id, run_id), json={"chosen_options": ["Attempt 3"], "params_input": {}}
     )
