@@ -5,7 +5,8 @@ next to this checkout. Validation is the migration report of ``airflow-llm valid
 Every file that validates is then run as ``airflow-llm run`` runs it (the ``pydanticai`` connection
 through ``LLMHook``, the Airflow tools, the cascade's folder as base) against a local
 ``ScriptedOpenAIServer`` whose responder answers every structured-output request with a
-schema-valid object and anything else with ``1`` (``airflow_llm_provider.testing.responders``).
+schema-valid object and anything else with ``1`` (``airflow_llm_provider.testing.responders``);
+questions to a human get a synthetic answer too (:class:`SyntheticHuman`).
 "Success" means control flow, templates, schemas, soundings and context ran end to end; the
 answers are synthetic by construction and say nothing about quality.
 
@@ -31,6 +32,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "conformance" / "windlass"
 SAMPLE_INPUT = "sample text about apples"
+
+
+class SyntheticHuman:
+    """Answers every question to a human at once, as the synthetic LLM answers: the first option
+    of a decision (the first attempt of a judged sounding), ``yes`` to free text. Exercises the
+    human-input paths; says nothing about what a person would choose."""
+
+    def ask(self, request: Any) -> Any:
+        from airflow_llm_provider.cascades.human import HumanAnswer
+
+        if request.options:
+            return HumanAnswer(choice=request.options[0].id)
+        return HumanAnswer(text="yes")
 
 
 def main() -> int:
@@ -116,7 +130,7 @@ def _run_one(path: Path, cascade: Any, timeout: float) -> dict[str, Any]:
     options = RunOptions(
         model_factory=hook.model_for,
         tools=airflow_tools(),
-        tool_services=airflow_tool_services(conn_ids=connection_ids(cascade)),
+        tool_services=airflow_tool_services(conn_ids=connection_ids(cascade), human=SyntheticHuman()),
         base_dir=path.resolve().parent,
         on_event=lambda line: None,
     )

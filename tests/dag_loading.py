@@ -9,7 +9,14 @@ REPO_DAGS = Path(__file__).resolve().parent.parent / "dags"
 
 
 def dag_bag(folder: Path = REPO_DAGS) -> Any:
+    import sys
+
     from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
+
+    # Airflow puts its dags folder on sys.path (DAG files import their helper modules, e.g.
+    # support_tools); a test run alone must not depend on another test having done it.
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
     if AIRFLOW_V_3_0_PLUS:
         from airflow.dag_processing.dagbag import DagBag
