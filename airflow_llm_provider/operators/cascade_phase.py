@@ -254,7 +254,7 @@ class CascadeSoundingOperator(CascadePhaseOperator):
         super().__init__(**kwargs)
         self.sounding = sounding
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def _run(self, context: Any, carried: Mapping[str, Any]) -> dict[str, Any]:
         from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, run_sounding
         from airflow_llm_provider.operators.cascade import run_options_for
@@ -262,13 +262,17 @@ class CascadeSoundingOperator(CascadePhaseOperator):
         cascade = self._load()
         outputs = self._pulled_outputs(context)
         inputs = self.inputs if self.inputs is not None else run_input(context)
-        options, hook = run_options_for(self, cascade, context)
         index = int(self.sounding)
         self.log.info("Phase %s, sounding %d", self.phase, index + 1)
+
+        def run(human: RecordedAnswers, journal: ResponseJournal) -> tuple[PhaseOutcome, LLMHook]:
+            options, hook = run_options_for(self, cascade, context, human=human, journal=journal)
+            state = self._pulled_state(context)
+            return run_sounding(cascade, self.phase, index, inputs, outputs, options, state), hook
+
+        hook = None
         try:
-            outcome = run_sounding(
-                cascade, self.phase, index, inputs, outputs, options, self._pulled_state(context)
-            )
+            outcome, hook = run_or_park(self, context, carried, run)
         except BudgetExceeded as err:
             lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
@@ -282,7 +286,10 @@ class CascadeSoundingOperator(CascadePhaseOperator):
                 "error": str(err),
                 "output": None,
                 "route": None,
-                "usage": {"model": hook.model_name, "synthetic": hook.synthetic},
+                "usage": {
+                    "model": getattr(hook, "model_name", None),
+                    "synthetic": getattr(hook, "synthetic", None),
+                },
             }
         lineage_state(self).status = "success"
         result = outcome.to_dict()
@@ -307,7 +314,7 @@ class CascadeSoundingsJudgeOperator(CascadePhaseOperator):
         super().__init__(**kwargs)
         self.results = results
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def _run(self, context: Any, carried: Mapping[str, Any]) -> dict[str, Any]:
         from airflow_llm_provider.cascades.budget import BudgetExceeded
         from airflow_llm_provider.cascades.runner import PhaseFailed, judge_soundings
         from airflow_llm_provider.operators.cascade import run_options_for
@@ -331,11 +338,15 @@ class CascadeSoundingsJudgeOperator(CascadePhaseOperator):
         self.log.info("Phase %s: judging %d of %d soundings", self.phase, len(candidates), len(attempts))
         outputs = self._pulled_outputs(context)
         inputs = self.inputs if self.inputs is not None else run_input(context)
-        options, hook = run_options_for(self, cascade, context)
+
+        def run(human: RecordedAnswers, journal: ResponseJournal) -> tuple[PhaseOutcome, LLMHook]:
+            # A human-judged phase (evaluator: human) asks here: this task is the human step.
+            options, hook = run_options_for(self, cascade, context, human=human, journal=journal)
+            state = self._pulled_state(context)
+            return judge_soundings(cascade, self.phase, candidates, inputs, outputs, options, state), hook
+
         try:
-            outcome = judge_soundings(
-                cascade, self.phase, candidates, inputs, outputs, options, self._pulled_state(context)
-            )
+            outcome, hook = run_or_park(self, context, carried, run)
         except BudgetExceeded as err:
             lineage_state(self).fail(f"cascade {cascade.cascade_id}: {err}", budget_exceeded=True)
             raise AirflowFailException(f"cascade {cascade.cascade_id}: {err}") from err
