@@ -69,6 +69,10 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "triggers": [
             {
+                "integration-name": INTEGRATION_LLM,
+                "python-modules": ["airflow_llm_provider.triggers.signal"],
+            },
+            {
                 "integration-name": INTEGRATION_QUBINODE,
                 "python-modules": ["airflow_llm_provider.triggers.qubinode"],
             },

@@ -63,7 +63,6 @@ _BROWSER = (
 _VOICE = "speaks or listens through Windlass's audio player and ElevenLabs/OpenRouter voice APIs"
 _RAG = "searches Windlass's own RAG store (ClickHouse), which an Airflow deployment does not have"
 _RESEARCH = "reads and writes Windlass's research database (ClickHouse sessions)"
-_HUMAN = "(Windlass human-in-the-loop) is not supported by airflow-llm-provider yet (issue 18)"
 
 UNREGISTERED_TOOLS: dict[str, str] = {
     name: f"`{name}` is not offered to the model: it {_VOICE}. Windlass registers it only when "
@@ -105,14 +104,6 @@ REFUSED_TOOLS: dict[str, str] = {
             "save_research_session",
             "list_research_sessions",
             "get_research_session",
-        )
-    },
-    **{
-        name: f"Windlass built-in tool '{name}' {_HUMAN}"
-        for name in (
-            "await_signal",
-            "fire_signal",
-            "list_signals",
         )
     },
 }

@@ -4,9 +4,10 @@ When the engine raises :class:`~airflow_llm_provider.cascades.human.HumanInputNe
 writes the question as the task instance's HITL request (the UI's "Required Actions", answerable
 there and through ``PATCH .../hitlDetails``) and raises ``TaskAwaitingInput``: the task instance
 waits in ``awaiting_input`` holding no worker, pool slot or triggerer. The answer (or the
-scheduler's timeout sweep) resumes it in :func:`resume_kwargs`'s method; the cascade then runs
-again with the answers so far, finished phases come from the phase cache and the phase that asked
-replays its paid model responses from the run's journal, so nothing is paid twice.
+scheduler's timeout sweep) resumes it in ``resume_after_human`` (:class:`HumanInputMixin`); the
+cascade then runs again with the answers so far, finished phases come from the phase cache and the
+phase that asked replays its paid model responses from the run's journal, so nothing is paid twice.
+A question the cascade's ``await_signal`` asks goes to ``cascade_signals.py`` instead (a trigger).
 
 Airflow keeps one HITL request per task try and does not change its text once written, so a task
 asks one question per try: a cascade that asks twice in one task fails with a message saying so.
@@ -81,10 +82,16 @@ def _body(request: HumanRequest) -> str:
     return "\n".join(lines)
 
 
-def park(context: Any, request: HumanRequest, carried: Mapping[str, Any]) -> None:
-    """Write ``request`` as this task instance's HITL request and wait for it (never returns)."""
+def park(
+    context: Any,
+    request: HumanRequest,
+    carried: Mapping[str, Any],
+    assignees: Sequence[Mapping[str, str]] = (),
+) -> None:
+    """Write ``request`` as this task instance's HITL request and wait for it (never returns).
+    ``assignees`` (``{"id", "name"}``): the only users allowed to answer, when given."""
     from airflow.sdk.exceptions import TaskAwaitingInput
-    from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+    from airflow.sdk.execution_time.hitl import HITLUser, upsert_hitl_detail
 
     ti = context["task_instance"]
     try_number = int(getattr(ti, "try_number", 1) or 1)
@@ -94,21 +101,62 @@ def park(context: Any, request: HumanRequest, carried: Mapping[str, Any]) -> Non
             "keeps one human-in-the-loop request per task try and cannot change its text. Split the "
             "questions into phases of a cascade rendered as a DAG (each phase its own task)"
         )
+    subject = f"{request.cascade_id} · {request.phase}: {request.question}"[:1000]
     upsert_hitl_detail(
         ti_id=ti.id,
         options=_options(request),
-        subject=f"{request.cascade_id} · {request.phase}: {request.question}"[:1000],
+        subject=subject,
         body=_body(request),
         defaults=None,
         multiple=False,
         params=_params(request),
+        assigned_users=[HITLUser(id=u["id"], name=u.get("name", u["id"])) for u in assignees] or None,
     )
+    _tell_slack(context, subject, request, assignees)
     timeout = dt.timedelta(seconds=request.timeout_seconds) if request.timeout_seconds else None
     raise TaskAwaitingInput(
         method_name=RESUME_METHOD,
         kwargs={**carried, "pending": request.to_dict(), "asked_in_try": try_number},
         timeout=timeout,
     )
+
+
+def required_actions_link(ti: Any) -> str | None:
+    """The task instance's Required Actions page in the UI (the URL Airflow's HITL operators
+    build), from ``[api] base_url``; None when that is not set."""
+    from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+    from airflow.providers.common.compat.sdk import conf
+
+    base_url = conf.get("api", "base_url", fallback=None)
+    if not base_url:
+        return None
+    base = urlsplit(base_url)
+    path = f"/dags/{ti.dag_id}/runs/{quote(ti.run_id, safe=':+')}/tasks/{ti.task_id}/required_actions"
+    query = urlencode({"map_index": getattr(ti, "map_index", -1)})
+    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, query, ""))
+
+
+def _tell_slack(
+    context: Any, subject: str, request: HumanRequest, assignees: Sequence[Mapping[str, str]]
+) -> None:
+    """The task's Slack connection (``alert_slack_conn_id``, else ``[llm_provider]
+    alert_slack_conn_id``) hears that a question waits, with a link to answer it. Never fails."""
+    from airflow.providers.common.compat.sdk import conf
+
+    from airflow_llm_provider.notifications.slack import post_to_slack, question_text
+
+    task = context.get("task")
+    conn_id = getattr(task, "alert_slack_conn_id", None) or conf.get(
+        "llm_provider", "alert_slack_conn_id", fallback=""
+    )
+    if not conn_id:
+        return
+    link = required_actions_link(context["task_instance"])
+    if link is None:
+        task.log.warning("no [api] base_url: the Slack message goes without a link to answer")
+    text = question_text(subject, request.question, link=link, assignees=assignees)
+    post_to_slack(conn_id, text, channel=getattr(task, "alert_slack_channel", None))
 
 
 def carried_state(answers: Mapping[str, HumanAnswer], journal: Mapping[str, list[str]], log: Any) -> dict:
@@ -126,6 +174,10 @@ def carried_state(answers: Mapping[str, HumanAnswer], journal: Mapping[str, list
 
 def answer_from_event(request: HumanRequest, event: Mapping[str, Any]) -> HumanAnswer:
     """The HITL response (or timeout) as the engine's answer to ``request``."""
+    if request.kind == "signal":
+        from airflow_llm_provider.operators.cascade_signals import signal_answer_from_event
+
+        return signal_answer_from_event(request, event)
     if "error" in event or event.get("timedout"):
         if "error" in event and event.get("error_type") != "timeout":
             raise RuntimeError(f"the human-in-the-loop request failed: {event['error']}")
@@ -186,10 +238,16 @@ def run_or_park(
     try:
         return run(RecordedAnswers(answers), journal)
     except HumanInputNeeded as asked:
-        task.log.info("Waiting for a human (Required Actions): %s", asked)
         state = carried_state(answers, journal.entries(), task.log)
+        if asked.request.kind == "signal":  # another workflow answers: a trigger waits for it
+            from airflow_llm_provider.operators.cascade_signals import defer_for_signal
+
+            task.log.info("Waiting for the signal %r", asked.request.question)
+            defer_for_signal(task, context, asked.request, state)
+        task.log.info("Waiting for a human (Required Actions): %s", asked)
         try:
-            park(context, asked.request, {**state, "asked_in_try": carried.get("asked_in_try")})
+            carried_on = {**state, "asked_in_try": carried.get("asked_in_try")}
+            park(context, asked.request, carried_on, getattr(task, "human_assignees", None) or ())
         except RuntimeError as err:
             raise AirflowException(str(err)) from None
         raise  # park() never returns

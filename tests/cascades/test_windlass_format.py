@@ -336,7 +336,7 @@ def test_the_report_tells_ok_warning_refused_and_invalid_apart(tmp_path):
     files = {
         "ok.yaml": "cascade_id: ok\nphases:\n  - {name: a, instructions: hi}\n",
         "warn.yaml": "cascade_id: w\ntags: [x]\nphases:\n  - {name: a, instructions: hi}\n",
-        "refused.yaml": "cascade_id: r\nphases:\n  - {name: a, instructions: hi, tackle: [ask_human]}\n",
+        "refused.yaml": "cascade_id: r\nphases:\n  - {name: a, instructions: hi, tackle: [rag_search]}\n",
         "invalid.yaml": "cascade_id: i\nphases:\n  - {name: a, instructions: hi, handoffs: [nowhere]}\n",
     }
     reports = []
@@ -346,7 +346,7 @@ def test_the_report_tells_ok_warning_refused_and_invalid_apart(tmp_path):
         reports.append(file_report(name, result.issues, result.warnings))
     report = MigrationReport(reports)
     assert [r.status for r in report.files] == ["ok", "warning", "refused", "invalid"]
-    assert report.blocking_features() == [("tool ask_human", 1, 1)]
+    assert report.blocking_features() == [("tool rag_search", 1, 1)]
     assert json.loads(json.dumps(report.to_dict()))["summary"] == {
         "files": 4,
         "ok": 1,

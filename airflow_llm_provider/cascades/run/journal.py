@@ -15,9 +15,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-# Metadata that differs between two sendings of the same request (clocks, ids of the run).
+# Metadata that differs between two sendings of the same request (clocks, ids of the run, and the
+# usage of a replayed reply, zeroed so it is not counted twice).
 _VOLATILE_KEYS = frozenset(
-    {"timestamp", "run_id", "conversation_id", "provider_response_id", "provider_details"}
+    {"timestamp", "run_id", "conversation_id", "provider_response_id", "provider_details", "usage"}
 )
 
 

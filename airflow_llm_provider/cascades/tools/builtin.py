@@ -3,9 +3,9 @@
 A Windlass cascade names built-in tools (``set_state``, ``sql_data``, ``python_data``,
 ``run_code``, ``create_plotly``...) without registering them; so do ours. Each family module
 (``state``, ``sql``, ``polyglot``, ``bash``, ``code``, ``artifacts``, ``cascades``,
-``files``, ``human``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is made per call site
-from a :class:`ToolContext` (the run's state, outputs, session resources and the services the
-Airflow adapters inject), so the family modules import no Airflow and keep no global state.
+``files``, ``human``, ``signals``) defines ``TOOLS``: a tuple of :class:`BuiltinTool`. A built-in is
+made per call site from a :class:`ToolContext` (the run's state, outputs, session resources and
+the services the Airflow adapters inject), so the family modules import no Airflow and keep no global state.
 
 Resolution order (as Windlass's registry lookup): a tool the user registers under a name wins,
 then the built-in of that name, then a cascade by ``cascade_id`` on the tool path.
@@ -29,10 +29,11 @@ from typing import Any, Protocol
 
 from airflow_llm_provider.cascades.human import HumanChannel, QuestionCounter
 from airflow_llm_provider.cascades.settings import option_flag
+from airflow_llm_provider.cascades.signals import SignalBus
 
 UNSANDBOXED_OPTION = "allow_unsandboxed_code"
 
-FAMILIES = ("state", "sql", "polyglot", "bash", "code", "artifacts", "cascades", "files", "human")
+FAMILIES = ("state", "sql", "polyglot", "bash", "code", "artifacts", "cascades", "files", "human", "signals")
 """Modules of ``airflow_llm_provider.cascades.tools`` holding built-in tool families."""
 
 
@@ -66,6 +67,9 @@ class ToolServices:
     human: HumanChannel | None = None
     """Who answers ``ask_human``, ``request_decision`` and ``human_input`` (``cascades/human.py``);
     None: nobody, and a question fails its phase saying how to answer it."""
+    signals: SignalBus | None = None
+    """Where ``await_signal``/``fire_signal``/``list_signals`` meet (``cascades/signals.py``); None:
+    this process only (``LocalSignalBus``). The operators lend Airflow Variables."""
     allow_unsandboxed_code: bool = field(default_factory=lambda: option_flag(UNSANDBOXED_OPTION))
     """``[llm_provider] allow_unsandboxed_code``: run model-written code without bubblewrap
     (dangerous; docs/security.md). Off by default."""
