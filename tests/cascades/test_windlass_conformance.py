@@ -17,8 +17,8 @@ from airflow_llm_provider.cascades.report import MigrationReport, file_report
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("WINDLASS_CORPUS", REPO.parent / "shared" / "conformance" / "windlass"))
-ACCEPTED_FLOOR = 126
-"""Files of the corpus that validate (warnings allowed), as last recorded (123), plus the files
+ACCEPTED_FLOOR = 148
+"""Files of the corpus that validate (warnings allowed), as last recorded (145), plus the files
 refused only because a runtime a built-in tool needs is missing on the recording machine
 (3 ``clojure_data`` files: no Babashka there). Machine-dependent refusals count as accepted here
 (see :func:`_refused_only_by_this_machine`), so the floor means the same on every machine."""

@@ -325,3 +325,15 @@ def test_hybrid_shows_the_human_only_the_llm_prefiltered_attempts(llm_server, tm
     request = asked.value.request
     assert [o.label for o in request.options] == ["Attempt 1", "Attempt 2", "Reject all"]
     assert len(_attempts(request.context)) == 2
+
+
+def test_a_tool_listed_twice_in_tackle_is_offered_once(llm_server, tmp_path):
+    """Windlass's artifact_workflow_demo lists request_decision twice; it is one tool."""
+    cascade = {
+        "cascade_id": "twice",
+        "phases": [{"name": "p", "instructions": "x", "tackle": ["ask_human", "ask_human"]}],
+    }
+    llm_server.script(text("done"))
+    result = run_cascade(load_cascade(cascade), {}, options(llm_server, RecordedAnswers()))
+    assert result.status == "success", result.error
+    assert llm_server.requests[0].tool_names == ["ask_human"]

@@ -51,7 +51,8 @@ class TackleMixin(ManifestMixin):
         from pydantic_ai import Tool
 
         names = await self._manifest_tools(phase, system) if phase.tackle == [MANIFEST] else phase.tackle
-        kept = [name for name in names if not self._dropped(name)]
+        # A name listed twice is one tool (pydantic-ai refuses two tools of one name).
+        kept = [name for name in dict.fromkeys(names) if not self._dropped(name)]
         tools = [self._tackle_tool(name, phase.name) for name in kept if name != ROUTE_TO]
         chosen: dict[str, str] = {}
         targets = phase.handoff_targets
