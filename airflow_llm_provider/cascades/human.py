@@ -14,6 +14,7 @@ No Airflow import here: the Airflow part lives in ``operators/cascade_human.py``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sys
@@ -222,3 +223,12 @@ class NobodyToAsk:
             "here: run it in an interactive terminal, pass `--answers FILE` (phase: answer), or run "
             "it on Airflow 3.3+, where the question waits in the UI's required actions"
         )
+
+
+async def ask(
+    channel: HumanChannel | None, request: HumanRequest, emit: Callable[[str], None]
+) -> HumanAnswer:
+    """Put ``request`` to ``channel`` (None: :class:`NobodyToAsk`) off the event loop: a terminal
+    read blocks, and the run's other phases go on meanwhile."""
+    emit(f"phase {request.phase}: asks a human: {request.question[:200]}")
+    return await asyncio.to_thread((channel or NobodyToAsk()).ask, request)

@@ -99,6 +99,25 @@ class _Waiter:
     payload: Any = None
 
 
+def waiting_record(
+    request: HumanRequest, session_id: str, signal_id: str, now: dt.datetime
+) -> dict[str, Any]:
+    """One waiter, as Windlass's ``signals`` row: what ``list_signals`` shows and a fire rewrites.
+    ``request.question`` is the signal's name; no timeout given means Windlass's 1 h."""
+    timeout = max(0.0, float(request.timeout_seconds if request.timeout_seconds is not None else 3600.0))
+    return {
+        "signal_id": signal_id,
+        "signal_name": request.question,
+        "status": "waiting",
+        "session_id": session_id,
+        "cascade_id": request.cascade_id,
+        "phase_name": request.phase,
+        "description": request.context or None,
+        "created_at": now.isoformat(),
+        "timeout_at": (now + dt.timedelta(seconds=timeout)).isoformat(),
+    }
+
+
 class LocalSignalBus:
     """Waiters and firers in this process (``airflow-llm run``: phases and child cascades of the
     run, or several runs in one Python process). A signal from another process never arrives."""
@@ -112,21 +131,9 @@ class LocalSignalBus:
     def wait(self, request: HumanRequest, session_id: str) -> HumanAnswer:
         import json
 
-        timeout = max(0.0, float(request.timeout_seconds or 0.0))
         now = utc_now()
-        waiter = _Waiter(
-            {
-                "signal_id": f"sig_{uuid.uuid4().hex[:12]}",
-                "signal_name": request.question,
-                "status": "waiting",
-                "session_id": session_id,
-                "cascade_id": request.cascade_id,
-                "phase_name": request.phase,
-                "description": request.context or None,
-                "created_at": now.isoformat(),
-                "timeout_at": (now + dt.timedelta(seconds=timeout)).isoformat(),
-            }
-        )
+        waiter = _Waiter(waiting_record(request, session_id, f"sig_{uuid.uuid4().hex[:12]}", now))
+        timeout = (dt.datetime.fromisoformat(waiter.record["timeout_at"]) - now).total_seconds()
         signal_id = waiter.record["signal_id"]
         with self._lock:
             self._waiters[signal_id] = waiter

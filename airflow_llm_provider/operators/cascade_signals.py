@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from airflow_llm_provider.cascades.human import HumanAnswer, HumanRequest
-from airflow_llm_provider.cascades.signals import LIST_LIMIT, check_name, utc_now
+from airflow_llm_provider.cascades.signals import LIST_LIMIT, check_name, utc_now, waiting_record
 from airflow_llm_provider.version_compat import AIRFLOW_V_3_0_PLUS
 
 log = logging.getLogger(__name__)
@@ -195,23 +195,15 @@ def defer_for_signal(task: Any, context: Any, request: HumanRequest, carried: Ma
     name = check_name(request.question)
     key = waiter_key(name, signal_id)
     now = utc_now()
-    timeout = max(0.0, float(request.timeout_seconds if request.timeout_seconds is not None else 3600.0))
-    timeout_at = now + dt.timedelta(seconds=timeout)
     record = {
-        "signal_id": signal_id,
+        **waiting_record(request, session_id, signal_id, now),
         "signal_name": name,
-        "status": "waiting",
-        "session_id": session_id,
-        "cascade_id": request.cascade_id,
-        "phase_name": request.phase,
-        "description": request.context or None,
-        "created_at": now.isoformat(),
-        "timeout_at": timeout_at.isoformat(),
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
         "task_id": ti.task_id,
         "map_index": map_index,
     }
+    timeout_at = dt.datetime.fromisoformat(record["timeout_at"])
     write_variable(key, json.dumps(record))
     task.log.info(
         "Waiting for the signal %r until %s (Variable %s, session %s)",

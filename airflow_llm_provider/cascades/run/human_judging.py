@@ -11,13 +11,12 @@ picks), ``first``, ``random`` or ``abort`` (the phase fails). Rejecting all fail
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_llm_provider.cascades.human import HumanOption, HumanRequest, NobodyToAsk
+from airflow_llm_provider.cascades.human import HumanOption, HumanRequest, ask
 from airflow_llm_provider.cascades.run.core import _to_text
 from airflow_llm_provider.cascades.run.judging import Candidate, JudgingMixin, _listing
 from airflow_llm_provider.cascades.run.results import PhaseFailed
@@ -59,9 +58,8 @@ class HumanJudgingMixin(JudgingMixin):
             timeout_seconds=float(timeout) if timeout else None,
             cascade_id=self.cascade.cascade_id,
         )
-        channel = (self.options.tool_services or ToolServices()).human or NobodyToAsk()
         self._emit(f"phase {phase.name}: {len(shown)} soundings wait for a human to pick one")
-        answer = await asyncio.to_thread(channel.ask, request)
+        answer = await ask((self.options.tool_services or ToolServices()).human, request, self._emit)
         if answer.timed_out:
             on_timeout = settings.get("on_timeout", "llm_fallback")
             self._emit(f"phase {phase.name}: no human pick in time; on_timeout: {on_timeout}")

@@ -19,12 +19,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
 
-from airflow_llm_provider.cascades.human import HumanAnswer, HumanOption, HumanRequest, NobodyToAsk
+from airflow_llm_provider.cascades.human import HumanAnswer, HumanOption, HumanRequest, ask
 from airflow_llm_provider.cascades.run.base import RunnerBase
 from airflow_llm_provider.cascades.run.core import _to_text
 from airflow_llm_provider.cascades.run.results import PhaseFailed
@@ -49,9 +48,7 @@ class HumanStepsMixin(RunnerBase):
         return route
 
     async def _ask_human(self, request: HumanRequest) -> HumanAnswer:
-        channel = (self.options.tool_services or ToolServices()).human or NobodyToAsk()
-        self._emit(f"phase {request.phase}: asks a human: {request.question[:200]}")
-        return await asyncio.to_thread(channel.ask, request)
+        return await ask((self.options.tool_services or ToolServices()).human, request, self._emit)
 
     def _request(self, phase: Phase, kind: Any, question: str, **fields: Any) -> HumanRequest:
         key = self.questions.key(f"{self.cascade.cascade_id}:{phase.name}", kind, question)

@@ -16,7 +16,6 @@ rendered in Airflow's UI.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +26,7 @@ from airflow_llm_provider.cascades.human import (
     HumanOption,
     HumanRequest,
     HumanUnavailable,
-    NobodyToAsk,
+    ask,
 )
 from airflow_llm_provider.cascades.tools.builtin import BuiltinTool, ToolContext
 from airflow_llm_provider.cascades.tools.state import set_state_function
@@ -59,10 +58,7 @@ def _options(raw: Any) -> tuple[HumanOption, ...]:
 
 
 async def _ask(run: ToolContext, request: HumanRequest) -> HumanAnswer:
-    channel = run.services.human or NobodyToAsk()
-    run.emit(f"phase {run.phase_name}: asks a human: {request.question[:200]}")
-    # A terminal read blocks; the run's other phases go on meanwhile.
-    return await asyncio.to_thread(channel.ask, request)
+    return await ask(run.services.human, request, run.emit)
 
 
 def _request(
